@@ -1,0 +1,1 @@
+"""Exporter: torch -> ONNX bundle. Needs the ``export`` extra."""

@@ -1,0 +1,101 @@
+"""``clipxai-export``: parse options, call ``export_bundle``, report."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import click
+
+from clipxai.errors import ClipxaiError
+
+from clipxai.models.backbones import DEFAULT_BACKBONE  # torch-free table
+
+
+class ClickReporter:
+    """Reporter for the terminal: steps on stdout, warnings on stderr, click progress bars."""
+
+    def step(self, message: str) -> None:
+        click.echo(f"• {message}")
+
+    def warn(self, message: str) -> None:
+        click.secho(f"WARNING: {message}", fg="red", bold=True, err=True)
+
+    @contextlib.contextmanager
+    def progress(self, total: int, label: str):
+        with click.progressbar(length=total, label=f"  {label}", show_pos=True, show_eta=True,
+                               file=sys.stderr) as bar:
+            yield bar.update
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
+              help="ViT-B/32, ViT-B/16, ViT-L/14, ViT-L/14@336px, or an open_clip name (ViT-B-16, ViT-B-16-quickgelu).")
+@click.option("--pretrained", default="openai", show_default=True,
+              help="'openai', an open_clip pretrained tag (e.g. laion2b_s34b_b88k), a checkpoint file, or 'random' (tests only).")
+@click.option("--classes", "classes_text", help='Comma-separated class names, e.g. "person,bench,sky".')
+@click.option("--classes-file", type=click.Path(dir_okay=False), help="UTF-8 file with one class name per line.")
+@click.option("--image-size", type=int, default=224, show_default=True, help="Square input size of the graph (a multiple of the patch size).")
+@click.option("--redundancy", type=click.Choice(["classes", "empty", "none"]), default=None,
+              help="Feature-surgery mode [default: classes for several classes, empty for one].")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=True), help="Bundle directory to create.")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--no-verify", is_flag=True, help="Skip the onnxruntime-vs-PyTorch check.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Where open_clip keeps downloaded weights.")
+@click.option("--text-batch-size", type=click.IntRange(1), default=256, show_default=True, help="Prompts per text-encoder batch.")
+def main(backbone, pretrained, classes_text, classes_file, image_size, redundancy, output, force, no_verify,
+         opset, cache_dir, text_batch_size):
+    """Export a CLIP Surgery backbone and a class vocabulary as an ONNX bundle."""
+    try:
+        result = run(backbone, pretrained, classes_text, classes_file, image_size, redundancy, output, force,
+                     no_verify, opset, cache_dir, text_batch_size)
+    except ClipxaiError as e:
+        click.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.secho("interrupted: no bundle written", fg="red", err=True)
+        sys.exit(130)
+    v = result.verification
+    click.echo(f"bundle: {result.path}  ({_human(result.bytes)})")
+    if v is not None:
+        click.echo(f"verified: max abs error similarity {v['similarity']:.2e}, heatmaps {v['heatmaps']:.2e}, "
+                   f"scores {v['scores']:.2e} (tolerance {v['tolerance']:g}, batch {v['batch']})")
+    else:
+        click.echo("verification skipped (--no-verify)")
+    click.echo(f"time: {result.seconds:.1f} s")
+    if result.manifest["weights"]["source"] == "random":
+        click.secho("WARNING: this bundle has RANDOM weights (for tests only)", fg="red", bold=True, err=True)
+
+
+def run(backbone, pretrained, classes_text, classes_file, image_size, redundancy, output, force, no_verify,
+        opset, cache_dir, text_batch_size):
+    # Imported here so that `--help` and option errors stay fast and torch-free.
+    from clipxai.vocabulary import parse_class_list, read_classes_file
+
+    if classes_text is not None and classes_file is not None:
+        raise ClipxaiError("give either --classes or --classes-file, not both")
+    if classes_text is None and classes_file is None:
+        raise ClipxaiError('no classes given; pass --classes "a,b,c" or --classes-file FILE')
+    classes = parse_class_list(classes_text) if classes_text is not None else read_classes_file(classes_file)
+    try:
+        from clipxai.export.pipeline import ExportConfig, export_bundle
+    except ImportError as e:
+        raise ClipxaiError(f"the exporter needs the export extra ({e.name} is missing): pip install \"clipxai[export]\"")
+    cfg = ExportConfig(output=Path(output), classes=classes, backbone=backbone, pretrained=pretrained,
+                       image_size=image_size, redundancy=redundancy, force=force, verify=not no_verify,
+                       opset=opset, cache_dir=cache_dir, text_batch_size=text_batch_size)
+    return export_bundle(cfg, ClickReporter())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,44 @@
+"""torch -> ONNX, then an onnx-graphsurgeon clean-up pass and a full check."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import onnx_graphsurgeon as gs
+import torch
+
+import clipxai
+from clipxai.contract import INPUT_IMAGE, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY, OUTPUTS
+from clipxai.export.graph import SurgeryOnnxModel
+
+MIN_OPSET = 17
+
+
+def export_onnx(model: SurgeryOnnxModel, path: str | Path, opset: int = MIN_OPSET) -> onnx.ModelProto:
+    """Export with a dynamic batch, fold constants, clean up, toposort, check, save."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} < {MIN_OPSET}")
+    size = model.vit.image_size
+    dummy = torch.zeros(2, 3, size, size)
+    dynamic = {INPUT_IMAGE: {0: "batch"}, OUTPUT_SIMILARITY: {0: "batch"}, OUTPUT_SCORES: {0: "batch"},
+               OUTPUT_HEATMAPS: {0: "batch"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript-based exporter is deprecated but fast and exports this
+        # graph exactly; the dynamo exporter is the switch to flip when it is removed.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(), (dummy,), str(path),
+            input_names=[INPUT_IMAGE], output_names=list(OUTPUTS), dynamic_axes=dynamic,
+            opset_version=opset, do_constant_folding=True, dynamo=False,
+        )
+    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its size notes are not for users
+    graph = gs.import_onnx(onnx.load(str(path)))
+    graph.fold_constants().cleanup().toposort()
+    proto = gs.export_onnx(graph)
+    proto.producer_name = "clipxai"
+    proto.producer_version = clipxai.__version__
+    onnx.save(proto, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    return proto

@@ -1,0 +1,191 @@
+"""``export_bundle``: the typed function behind ``clipxai-export``."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator
+
+import numpy as np
+import onnx
+import open_clip
+import torch
+
+import clipxai
+from clipxai.contract import (
+    INPUT_IMAGE, LOGIT_SCALE, MODEL_FILE, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY,
+    REDUNDANCY_FILE, REDUNDANCY_MODES, SCHEMA_VERSION, TEXT_EMBEDDINGS_FILE,
+)
+from clipxai.errors import ClipxaiError, VerificationError
+from clipxai.export.bundle import bundle_size, check_output, finalize_manifest, staged_bundle
+from clipxai.export.graph import SurgeryOnnxModel
+from clipxai.export.onnx_export import MIN_OPSET, export_onnx
+from clipxai.export.verify import verify_onnx
+from clipxai.models.backbones import DEFAULT_BACKBONE, resolve_backbone
+from clipxai.models.loading import OPENAI, RANDOM, load_clip
+from clipxai.models.surgery import SurgeryViT
+from clipxai.models.text import TEMPLATE_SET, TEMPLATES, encode_vocabulary, redundancy_vector
+from clipxai.vocabulary import validate_classes
+
+FP32_TOLERANCE = 1e-4
+MAX_IMAGE_SIZE = 2048
+
+
+@dataclass
+class ExportConfig:
+    output: Path
+    classes: list[str]
+    backbone: str = DEFAULT_BACKBONE
+    pretrained: str = OPENAI
+    image_size: int = 224
+    redundancy: str | None = None  # None: "classes" for K > 1, "empty" for K == 1
+    force: bool = False
+    verify: bool = True
+    opset: int = MIN_OPSET
+    cache_dir: str | None = None
+    text_batch_size: int = 256
+    tolerance: float = FP32_TOLERANCE
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    bytes: int
+    seconds: float
+    verification: dict | None
+    manifest: dict = field(repr=False, default_factory=dict)
+
+
+class Reporter:
+    """How the pipeline talks to its caller; the default says nothing."""
+
+    def step(self, message: str) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        pass
+
+    def progress(self, total: int, label: str) -> ContextManager[Callable[[int], None]]:
+        @contextlib.contextmanager
+        def silent() -> Iterator[Callable[[int], None]]:
+            yield lambda n: None
+        return silent()
+
+
+def resolve_redundancy(mode: str | None, n_classes: int) -> str:
+    if mode is None:
+        return "classes" if n_classes > 1 else "empty"
+    if mode not in REDUNDANCY_MODES:
+        raise ClipxaiError(f"unknown redundancy mode {mode!r}; choose one of: {', '.join(REDUNDANCY_MODES)}")
+    if mode == "classes" and n_classes < 2:
+        raise ClipxaiError("--redundancy classes needs at least 2 classes; use --redundancy empty for one class")
+    return mode
+
+
+def _validate(cfg: ExportConfig) -> None:
+    if cfg.opset < MIN_OPSET:
+        raise ClipxaiError(f"--opset {cfg.opset} is too old; use {MIN_OPSET} or newer")
+    if not 0 < cfg.image_size <= MAX_IMAGE_SIZE:
+        raise ClipxaiError(f"--image-size {cfg.image_size} is out of range; use 1..{MAX_IMAGE_SIZE}")
+
+
+def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> ExportResult:
+    """Load, rewrite, encode, export, verify and write one bundle (see README)."""
+    rep = reporter or Reporter()
+    start = time.perf_counter()
+    output = Path(cfg.output)
+    classes = validate_classes(cfg.classes)
+    mode = resolve_redundancy(cfg.redundancy, len(classes))
+    _validate(cfg)
+    choice = resolve_backbone(cfg.backbone)
+    spec = choice.spec
+    if cfg.image_size % spec.patch_size:
+        raise ClipxaiError(
+            f"--image-size {cfg.image_size} is not a multiple of {spec.name}'s patch size {spec.patch_size}; "
+            f"try {max(spec.patch_size, round(cfg.image_size / spec.patch_size) * spec.patch_size)}"
+        )
+    check_output(output, cfg.force)  # fail before the slow part
+
+    rep.step(f"loading {spec.name} weights: {cfg.pretrained}")
+    loaded = load_clip(choice, cfg.pretrained, cfg.cache_dir)
+    if cfg.pretrained == RANDOM:
+        rep.warn("RANDOM WEIGHTS (--pretrained random): the maps of this bundle mean nothing; for tests only")
+    model = loaded.model
+    tokenizer = open_clip.get_tokenizer(spec.open_clip_name)
+
+    n_prompts = (len(classes) + 1) * len(TEMPLATES)
+    rep.step(f"encoding {len(classes)} classes x {len(TEMPLATES)} templates (+ empty prompt)")
+    with rep.progress(n_prompts, "text") as advance:
+        text = encode_vocabulary(model, tokenizer, classes, batch_size=cfg.text_batch_size, on_progress=advance)
+        redundancy = redundancy_vector(model, tokenizer, on_progress=advance)
+
+    vit = SurgeryViT(model.visual, cfg.image_size, spec.surgery_blocks).eval()
+    graph_model = SurgeryOnnxModel(vit, text, redundancy, mode).eval()
+    grid = vit.grid
+
+    with staged_bundle(output, cfg.force) as staging:
+        rep.step(f"exporting ONNX graph (opset {cfg.opset}, {cfg.image_size}x{cfg.image_size}, grid {grid}x{grid})")
+        export_onnx(graph_model, staging / MODEL_FILE, cfg.opset)
+        np.save(staging / TEXT_EMBEDDINGS_FILE, text.numpy().astype(np.float32), allow_pickle=False)
+        np.save(staging / REDUNDANCY_FILE, redundancy.numpy().astype(np.float32), allow_pickle=False)
+
+        verification = None
+        if cfg.verify:
+            rep.step("verifying onnxruntime against PyTorch (batch 2)")
+            errs = verify_onnx(staging / MODEL_FILE, graph_model, loaded.mean, loaded.std)
+            verification = dict(errs, tolerance=cfg.tolerance)
+            worst = max(errs["similarity"], errs["heatmaps"])
+            if not worst <= cfg.tolerance:  # also catches NaN
+                raise VerificationError(
+                    f"ONNX graph disagrees with PyTorch: max abs error similarity {errs['similarity']:.3g}, "
+                    f"heatmaps {errs['heatmaps']:.3g} > {cfg.tolerance:g}; no bundle written"
+                )
+        manifest = build_manifest(cfg, loaded, spec, choice, classes, mode, grid, text.shape[1], verification)
+        manifest = finalize_manifest(staging, manifest)
+
+    return ExportResult(output, bundle_size(output), time.perf_counter() - start, verification, manifest)
+
+
+def build_manifest(cfg, loaded, spec, choice, classes, mode, grid, embed_dim, verification) -> dict:
+    n = grid * grid
+    k = len(classes)
+    s = cfg.image_size
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "clipxai_version": clipxai.__version__,
+        "created_with": {"torch": torch.__version__, "open_clip": open_clip.__version__,
+                         "onnx": onnx.__version__, "python": platform.python_version()},
+        "method": "surgery",
+        "backbone": {"name": spec.name, "open_clip_name": spec.open_clip_name, "patch_size": spec.patch_size,
+                     "activation": "quick_gelu" if loaded.quick_gelu else "gelu",
+                     "surgery_blocks": spec.surgery_blocks, "pretrained_image_size": spec.image_size},
+        "weights": loaded.weights,
+        "image_size": s,
+        "grid_size": grid,
+        "num_patches": n,
+        "embed_dim": embed_dim,
+        "pos_embed_resize": {"from_grid": spec.image_size // spec.patch_size, "to_grid": grid,
+                             "mode": "bilinear", "align_corners": False, "antialias": False},
+        "preprocess": {"resize": "squash", "interpolation": "bicubic", "mean": list(loaded.mean),
+                       "std": list(loaded.std), "color": "RGB"},
+        "classes": classes,
+        "templates": {"set": TEMPLATE_SET, "count": len(TEMPLATES)},
+        "redundancy": mode,
+        "logit_scale": LOGIT_SCALE,
+        "opset": cfg.opset,
+        "precision": "fp32",
+        "graph": {
+            "inputs": {INPUT_IMAGE: {"dtype": "float32", "shape": ["batch", 3, s, s]}},
+            "outputs": {
+                OUTPUT_SIMILARITY: {"dtype": "float32", "shape": ["batch", n, k]},
+                OUTPUT_SCORES: {"dtype": "float32", "shape": ["batch", k]},
+                OUTPUT_HEATMAPS: {"dtype": "float32", "shape": ["batch", k, grid, grid]},
+            },
+        },
+        "text_embeddings": {"file": TEXT_EMBEDDINGS_FILE, "shape": [k, embed_dim]},
+        "redundancy_vector": {"file": REDUNDANCY_FILE, "shape": [embed_dim]},
+        "verification": verification,
+    }

@@ -1,0 +1,42 @@
+"""Verification at export: onnxruntime against the PyTorch model on the same input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from clipxai.contract import INPUT_IMAGE, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
+from clipxai.export.graph import SurgeryOnnxModel
+
+
+def verification_images(size: int, mean, std, batch: int = 2, seed: int = 0) -> np.ndarray:
+    """Deterministic normalised test images [batch, 3, S, S]: smooth gradients plus noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    imgs = []
+    for b in range(batch):
+        base = np.stack([xx, yy, (xx + yy) / 2])[(np.arange(3) + b) % 3]
+        img = np.clip(0.7 * base + 0.3 * rng.random((3, size, size)), 0, 1)
+        imgs.append(img)
+    x = np.stack(imgs).astype(np.float32)
+    return ((x - np.array(mean, np.float32)[:, None, None]) / np.array(std, np.float32)[:, None, None]).astype(np.float32)
+
+
+def verify_onnx(onnx_path: str | Path, model: SurgeryOnnxModel, mean, std, batch: int = 2) -> dict[str, float]:
+    """Max abs errors {similarity, heatmaps, scores} of the ONNX graph vs torch, batch 2."""
+    x = verification_images(model.vit.image_size, mean, std, batch)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    sim, scores, maps = sess.run([OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS], {INPUT_IMAGE: x})
+    with torch.no_grad():
+        t_sim, t_scores, t_maps = (t.numpy() for t in model(torch.from_numpy(x)))
+    return {
+        "similarity": float(np.abs(sim - t_sim).max()),
+        "heatmaps": float(np.abs(maps - t_maps).max()),
+        "scores": float(np.abs(scores - t_scores).max()),
+        "batch": batch,
+    }

@@ -1,0 +1,93 @@
+"""Explicit, export-friendly multi-head attention on open_clip's modules.
+
+open_clip's blocks call ``nn.MultiheadAttention``, whose eval-mode fast path is
+a fused kernel the ONNX exporter cannot export. These helpers re-express the
+same computation as ``q@kᵀ → softmax → @v`` from the module's own weights
+(``in_proj_weight``/``in_proj_bias``, ``out_proj``), so no model code is forked.
+Tensors are batch-first: ``[B, T, C]`` tokens, ``[B, H, T, d]`` per head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, T, C] -> [B, H, T, C/H]."""
+    b, t, c = x.shape
+    return x.reshape(b, t, heads, c // heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, T, d] -> [B, T, H*d]."""
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)
+
+
+def project(attn: nn.MultiheadAttention, x: torch.Tensor, which: str) -> torch.Tensor:
+    """One or more of q, k, v projections of x [B, T, C], split into heads.
+
+    which: a subset string of "qkv" in order, e.g. "kv"; returns [B, H, T, d] per letter
+    stacked on a new leading dim: [len(which), B, H, T, d].
+    """
+    c = attn.embed_dim
+    rows = {"q": slice(0, c), "k": slice(c, 2 * c), "v": slice(2 * c, 3 * c)}
+    if which == "qkv":
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+    else:
+        w = torch.cat([attn.in_proj_weight[rows[s]] for s in which], 0)
+        b = torch.cat([attn.in_proj_bias[rows[s]] for s in which], 0)
+    y = F.linear(x, w, b)  # [B, T, n*C]
+    bsz, t, _ = y.shape
+    h = attn.num_heads
+    y = y.reshape(bsz, t, len(which), h, c // h).permute(2, 0, 3, 1, 4)
+    return y
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+    length_invariant: bool = False,
+) -> torch.Tensor:
+    """softmax(s·q kᵀ + mask) v per head, s = d^-1/2; [B, H, Tq, d] -> [B, H, Tq, d].
+
+    length_invariant: spell the softmax out (max, exp, sum, divide). torch's fused
+    CPU softmax reduces in an order that depends on the row length, so a causal
+    sequence cut to its real length would differ in the last bits; the spelled-out
+    form gives the same bits at any length (the text encoder relies on it).
+    The fused form exports to one ONNX Softmax and is used for images.
+    """
+    scale = q.shape[-1] ** -0.5
+    scores = (q * scale) @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores + mask
+    if length_invariant:
+        e = (scores - scores.amax(dim=-1, keepdim=True)).exp()
+        weights = e / e.sum(dim=-1, keepdim=True)
+    else:
+        weights = scores.softmax(dim=-1)
+    return weights @ v
+
+
+def out_proj(attn: nn.MultiheadAttention, heads_out: torch.Tensor) -> torch.Tensor:
+    """W_o · (merged heads) + b_o: [B, H, T, d] -> [B, T, C]."""
+    return attn.out_proj(merge_heads(heads_out))
+
+
+def self_attention(
+    attn: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None = None,
+    length_invariant: bool = False,
+) -> torch.Tensor:
+    """Plain CLIP self-attention of x [B, T, C] (the block's LN already applied)."""
+    q, k, v = project(attn, x, "qkv")
+    return out_proj(attn, attend(q, k, v, mask, length_invariant))
+
+
+def plain_block(
+    block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None,
+    length_invariant: bool = False,
+) -> torch.Tensor:
+    """An open_clip ResidualAttentionBlock, with explicit attention: [B, T, C] -> [B, T, C]."""
+    x = x + block.ls_1(self_attention(block.attn, block.ln_1(x), mask, length_invariant))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))

@@ -1,0 +1,125 @@
+"""CLIP Surgery on open_clip's ViT (DESIGN sections 3 and 4).
+
+``SurgeryViT`` wraps an open_clip ``VisionTransformer`` without copying or
+forking it: it calls the tower's own modules with explicit attention and adds
+the surgery path through the last blocks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from torch import nn
+
+from clipxai.errors import ClipxaiError
+from clipxai.models.attention import attend, out_proj, plain_block, project
+
+
+def check_vit_structure(visual: nn.Module) -> None:
+    """Fail clearly if open_clip's ViT differs from the structure surgery relies on."""
+    problems = []
+    if not isinstance(visual, VisionTransformer):
+        problems.append(f"vision tower is {type(visual).__name__}, not open_clip VisionTransformer")
+    else:
+        if visual.attn_pool is not None:
+            problems.append("attentional pooling")
+        if visual.pool_type != "tok" or visual.final_ln_after_pool:
+            problems.append(f"pooling {visual.pool_type!r} (needs class-token pooling)")
+        if not isinstance(visual.patch_dropout, nn.Identity):
+            problems.append("patch dropout")
+        for i, blk in enumerate(visual.transformer.resblocks):
+            if not isinstance(blk, ResidualAttentionBlock) or not isinstance(blk.attn, nn.MultiheadAttention):
+                problems.append(f"block {i} is not a ResidualAttentionBlock with nn.MultiheadAttention")
+                break
+            if blk.attn.in_proj_weight is None or blk.attn.in_proj_bias is None:
+                problems.append(f"block {i} has no packed in_proj_weight/in_proj_bias")
+                break
+            if not isinstance(blk.ls_1, nn.Identity) or not isinstance(blk.ls_2, nn.Identity):
+                problems.append(f"block {i} uses layer scale")
+                break
+    if problems:
+        raise ClipxaiError(
+            "unsupported open_clip ViT structure (" + "; ".join(problems)
+            + "); clipxai supports open_clip>=3.0,<3.4 CLIP ViTs"
+        )
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """Resize [1 + g0², C] positional embeddings to [1 + grid², C].
+
+    Patch embeddings are resized from the original grid with bilinear
+    interpolation (half-pixel centres, align_corners=False, no antialias);
+    the class-token embedding is kept. Never modifies ``pos``.
+    """
+    n, c = pos.shape
+    g0 = int(round((n - 1) ** 0.5))
+    if g0 * g0 != n - 1:
+        raise ClipxaiError(f"positional embedding of {n - 1} patches is not a square grid")
+    if grid == g0:
+        return pos.detach().clone()
+    patches = pos[1:].reshape(1, g0, g0, c).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches, size=(grid, grid), mode="bilinear", align_corners=False, antialias=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(grid * grid, c)
+    return torch.cat([pos[:1], patches], 0).detach()
+
+
+class SurgeryViT(nn.Module):
+    """Image -> CLIP Surgery token embeddings.
+
+    forward(image [B, 3, S, S]) -> [B, 1 + N, D]: ``proj(ln_post(tokens))`` where
+    token 0 is the original path's class token (equal to plain CLIP's image
+    embedding) and tokens 1..N come from the surgery path. N = (S / patch)².
+    """
+
+    def __init__(self, visual: nn.Module, image_size: int, surgery_blocks: int = 6):
+        super().__init__()
+        check_vit_structure(visual)
+        patch = visual.conv1.kernel_size[0]
+        if image_size <= 0 or image_size % patch:
+            raise ClipxaiError(f"image size {image_size} is not a positive multiple of the patch size {patch}")
+        layers = len(visual.transformer.resblocks)
+        if not 1 <= surgery_blocks <= layers:
+            raise ClipxaiError(f"surgery_blocks must be in 1..{layers}, got {surgery_blocks}")
+        self.visual = visual
+        self.image_size = image_size
+        self.patch_size = patch
+        self.grid = image_size // patch
+        self.first_surgery_block = layers - surgery_blocks
+        # Resized once from the ORIGINAL weights; the tower itself is never modified.
+        self.register_buffer("pos_embed", resize_pos_embed(visual.positional_embedding, self.grid), persistent=False)
+
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] -> ln_pre(patch tokens + class token + pos): [B, 1 + N, C]."""
+        v = self.visual
+        x = v.conv1(image).flatten(2).transpose(1, 2)  # [B, N, C]
+        cls = v.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)
+        return v.ln_pre(x)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        blocks = self.visual.transformer.resblocks
+        x = self.embed(image)
+        for blk in blocks[: self.first_surgery_block]:
+            x = plain_block(blk, x)
+
+        x_ori, x_new = x, x
+        surgery = list(blocks[self.first_surgery_block:])
+        for i, blk in enumerate(surgery):
+            h = blk.ln_1(x_ori)
+            if i < len(surgery) - 1:
+                q, k, v = project(blk.attn, h, "qkv")
+                x_ori = x_ori + out_proj(blk.attn, attend(q, k, v))
+                x_ori = x_ori + blk.mlp(blk.ln_2(x_ori))
+            else:
+                # Last block: the original path only feeds the class token, so
+                # its attention row and MLP are computed for token 0 alone.
+                k, v = project(blk.attn, h, "kv")
+                q0 = project(blk.attn, h[:, :1], "q")[0]
+                cls = x_ori[:, :1] + out_proj(blk.attn, attend(q0, k, v))
+                x_ori = cls + blk.mlp(blk.ln_2(cls))
+            # Surgery path: v-v self-attention, same scale, no MLP.
+            x_new = x_new + out_proj(blk.attn, attend(v, v, v))
+
+        tokens = torch.cat([x_ori[:, :1], x_new[:, 1:]], dim=1)
+        return self.visual.ln_post(tokens) @ self.visual.proj

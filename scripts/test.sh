@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up a virtual environment (.venv) with the exporter and test extras, then run
+# the whole test suite, slow full-size checks included. Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${CLIPXAI_VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+# constraints.txt pins the versions the suite was last run with.
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[export,test]"
+exec "$VENV/bin/python" -m pytest "$@"

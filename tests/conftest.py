@@ -1,0 +1,32 @@
+"""Shared fixtures. Export-side tests need the export extra (torch, open_clip)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+try:  # the runtime tests run without torch; the export tests need it
+    import torch  # noqa: F401
+    import open_clip  # noqa: F401
+    HAVE_TORCH = True
+except ImportError:  # pragma: no cover - only in a runtime-only environment
+    HAVE_TORCH = False
+
+if HAVE_TORCH:
+    from tiny import TINY, TINY_HEADS, TINY_SURGERY_BLOCKS  # noqa: F401  (registers the tiny backbone)
+
+
+@pytest.fixture(scope="session")
+def tiny_choice():
+    from clipxai.models.backbones import resolve_backbone
+    return resolve_backbone(TINY.name)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_choice):
+    from clipxai.models.loading import load_clip
+    return load_clip(tiny_choice, "random")

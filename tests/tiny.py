@@ -1,0 +1,37 @@
+"""A tiny random ViT registered through open_clip's config mechanism.
+
+Importing this module registers it with open_clip and with clipxai's backbone
+table. ``python tests/tiny.py ARGS`` runs clipxai-export with it available
+(used by the subprocess tests).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import open_clip
+
+from clipxai.models.backbones import BackboneSpec, register_backbone
+
+TINY_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 5, "width": 64, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
+}
+TINY_HEADS = 4
+TINY_SURGERY_BLOCKS = 3
+TINY = BackboneSpec("Tiny-ViT/8", "clipxai-tiny-vit", patch_size=8, image_size=32,
+                    surgery_blocks=TINY_SURGERY_BLOCKS)
+
+_cfg_dir = Path(tempfile.mkdtemp(prefix="clipxai-cfg-"))
+(_cfg_dir / f"{TINY.open_clip_name}.json").write_text(json.dumps(TINY_CFG))
+open_clip.add_model_config(_cfg_dir / f"{TINY.open_clip_name}.json")
+register_backbone(TINY)
+
+if __name__ == "__main__":
+    from clipxai.export.cli import main
+    sys.argv[0] = "clipxai-export"
+    main()
