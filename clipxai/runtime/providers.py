@@ -1,0 +1,106 @@
+"""onnxruntime sessions and execution providers.
+
+``providers``: "auto" picks TensorRT, then CUDA, then CPU among the providers
+this onnxruntime build has, and logs its choice. "cpu", "cuda", "tensorrt"
+demand that provider: if it is missing, or onnxruntime cannot start it, that is
+an error, never a silent fallback. A list of onnxruntime provider names (or
+(name, options) pairs) is passed through, checked the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence, Union
+
+import onnxruntime as ort
+
+from clipxai.errors import ClipxaiError
+
+log = logging.getLogger("clipxai")
+
+TRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+ALIASES = {"tensorrt": TRT, "trt": TRT, "cuda": CUDA, "gpu": CUDA, "cpu": CPU}
+AUTO_ORDER = (TRT, CUDA, CPU)
+
+ProviderSpec = Union[str, Sequence[Union[str, tuple]]]
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """threads: intra-op threads (None: onnxruntime's default, one per core).
+    trt_fp16: let TensorRT build fp16 kernels. trt_cache_dir: TensorRT engine cache."""
+
+    threads: int | None = None
+    trt_fp16: bool = False
+    trt_cache_dir: str | None = None
+
+
+def resolve_providers(providers: ProviderSpec, options: SessionOptions = SessionOptions()) -> list:
+    """Turn "auto"/"cpu"/"cuda"/"tensorrt"/a list into onnxruntime's providers argument."""
+    available = ort.get_available_providers()
+    if isinstance(providers, str):
+        key = providers.lower()
+        if key == "auto":
+            chosen = [p for p in AUTO_ORDER if p in available]
+            log.info("providers=auto: using %s (available: %s)", chosen[0], ", ".join(available))
+        elif key in ALIASES:
+            chosen = [ALIASES[key]]
+        else:
+            raise ClipxaiError(
+                f"unknown provider {providers!r}; use auto, cpu, cuda, tensorrt or a list of onnxruntime providers"
+            )
+    else:
+        chosen = list(providers)
+        if not chosen:
+            raise ClipxaiError("empty provider list; use 'auto' or name at least one provider")
+    names = [p[0] if isinstance(p, tuple) else p for p in chosen]
+    for name in names:
+        if name not in available:
+            raise ClipxaiError(
+                f"execution provider {name} is not available in this onnxruntime (available: {', '.join(available)}); "
+                + ("install onnxruntime-gpu with a matching CUDA/TensorRT" if name in (CUDA, TRT) else
+                   "choose another provider")
+            )
+    out = []
+    for p in chosen:
+        name = p[0] if isinstance(p, tuple) else p
+        if name == TRT and not isinstance(p, tuple):
+            opts = {"trt_fp16_enable": options.trt_fp16}
+            if options.trt_cache_dir:
+                Path(options.trt_cache_dir).mkdir(parents=True, exist_ok=True)
+                opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(options.trt_cache_dir))
+            out.append((TRT, opts))
+        else:
+            out.append(p)
+    # Nodes a GPU provider cannot take run on the CPU provider (onnxruntime's partitioning).
+    if CPU not in names:
+        out.append(CPU)
+    return out
+
+
+def create_session(model_path: Path, providers: ProviderSpec = "auto",
+                   options: SessionOptions = SessionOptions()) -> ort.InferenceSession:
+    """An InferenceSession whose first provider is really the one asked for."""
+    resolved = resolve_providers(providers, options)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if options.threads:
+        so.intra_op_num_threads = int(options.threads)
+        so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        sess = ort.InferenceSession(str(model_path), so, providers=resolved)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClipxaiError(f"{model_path}: onnxruntime could not load the graph ({first[:300]})")
+    wanted = resolved[0][0] if isinstance(resolved[0], tuple) else resolved[0]
+    if sess.get_providers()[0] != wanted:
+        raise ClipxaiError(
+            f"onnxruntime could not start {wanted} (it fell back to {sess.get_providers()[0]}); "
+            "check the CUDA/TensorRT libraries, or pass providers='cpu'"
+        )
+    return sess
