@@ -123,3 +123,38 @@ def prompt_ensemble(model, tokenizer, classes, templates):
             e = e.mean(0)
             out.append(e / e.norm())
     return torch.stack(out)
+
+
+def clip_preprocess(pil_image, size, mean, std):
+    """torchvision's CLIP preprocessing: squash-resize bicubic, to tensor, normalise -> [3,S,S]."""
+    from torchvision import transforms as T
+    return T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
+                      T.Normalize(mean, std)])(pil_image.convert("RGB"))
+
+
+def similarity_map_to_points(sm, shape, t=0.8, down_sample=2):
+    """The reference's point selection: sm [N] min-max map, shape (H, W) -> (points [[x,y]], labels)."""
+    import numpy as np
+    side = int(sm.shape[0] ** 0.5)
+    sm = sm.reshape(1, 1, side, side)
+    down_side = side // down_sample
+    sm = F.interpolate(sm, (down_side, down_side), mode="bilinear")[0, 0, :, :]
+    h, w = sm.shape
+    sm = sm.reshape(-1)
+    sm = (sm - sm.min()) / (sm.max() - sm.min())
+    rank = sm.sort(dim=0, stable=True)[1]
+    scale_h = float(shape[0]) / h
+    scale_w = float(shape[1]) / w
+    num = min(int((sm >= t).sum()), sm.shape[0] // 2)
+    labels = np.ones(num * 2).astype("uint8")
+    labels[num:] = 0
+    points = []
+    for idx in list(rank[-num:]) if num else []:
+        x = min((idx % w + 0.5) * scale_w, shape[1] - 1)
+        y = min((idx // w + 0.5) * scale_h, shape[0] - 1)
+        points.append([int(x), int(y)])
+    for idx in list(rank[:num]):
+        x = min((idx % w + 0.5) * scale_w, shape[1] - 1)
+        y = min((idx // w + 0.5) * scale_h, shape[0] - 1)
+        points.append([int(x), int(y)])
+    return points, labels

@@ -1,0 +1,72 @@
+"""The runtime imports and runs with torch unimportable, on its declared dependencies only."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tiny import TINY
+
+ROOT = Path(__file__).parent.parent
+ROCKET = ROOT / "examples" / "rocket.jpg"
+
+SCRIPT = textwrap.dedent("""
+    import importlib.abc, json, sys
+    BLOCKED = {"torch", "torchvision", "open_clip", "onnx", "onnx_graphsurgeon", "timm"}
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    from clipxai.runtime import Predictor
+    from clipxai.runtime.cli import main
+    p = Predictor.from_bundle(sys.argv[1], providers="cpu")
+    pred = p.predict(sys.argv[2])
+    seg = pred.segmentation
+    coords, labels = pred.points(0)
+    try:
+        main([sys.argv[1], sys.argv[2], "--out", sys.argv[3]], standalone_mode=False)
+    except SystemExit as e:
+        assert not e.code, e.code
+    tops = {m.split(".")[0] for m in sys.modules if not m.startswith("__editable__")}
+    third = sorted(tops - set(sys.stdlib_module_names) - {"clipxai", "__main__", "_distutils_hack"})
+    print(json.dumps({"heatmaps": list(pred.heatmaps.shape), "seg": list(seg.shape),
+                      "third_party": third, "torch_loaded": "torch" in sys.modules}))
+""")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from clipxai.export.pipeline import ExportConfig, export_bundle
+    out = tmp_path_factory.mktemp("tf") / "b"
+    return export_bundle(ExportConfig(output=out, classes=["sky", "rocket"], backbone=TINY.name,
+                                      pretrained="random", image_size=32)).path
+
+
+def test_runtime_runs_with_torch_blocked(bundle, tmp_path):
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(bundle), str(ROCKET), str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["heatmaps"] == [2, 427, 640] and info["seg"] == [427, 640]
+    assert not info["torch_loaded"]
+    # only the base dependencies of pyproject.toml (numpy, onnxruntime, pillow, click) and theirs
+    allowed = {"numpy", "onnxruntime", "PIL", "click", "coloredlogs", "humanfriendly", "flatbuffers", "packaging",
+               "google", "sympy", "mpmath", "ml_dtypes"}
+    assert set(info["third_party"]) <= allowed, set(info["third_party"]) - allowed
+    assert (tmp_path / "out" / "rocket_segmentation.png").exists()
+
+
+def test_base_dependencies_are_declared():
+    import tomllib
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {d.split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in deps}
+    assert names == {"numpy", "onnxruntime", "pillow", "click"}
