@@ -20,3 +20,7 @@ class WeightsError(ClipxaiError):
 
 class VerificationError(ClipxaiError):
     """The exported graph disagrees with the PyTorch model beyond tolerance."""
+
+
+class WeightsUnavailableError(WeightsError):
+    """Weights that could not be downloaded (no network, hub down). CLI exit status 3."""

@@ -181,7 +181,7 @@ def test_download_failure_says_how_to_pass_a_file(tmp_path):
                         "--backbone", "ViT-B/16", "--pretrained", "laion2b_s34b_b88k", "--classes", "dog,cat",
                         "-o", str(tmp_path / "b"), "--cache-dir", str(tmp_path / "cache")],
                        capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode != 0
+    assert r.returncode == 3
     err = r.stderr.strip().splitlines()
     assert "Traceback" not in r.stderr
     assert err[-1].startswith("error: could not fetch the 'laion2b_s34b_b88k' weights of ViT-B/16")

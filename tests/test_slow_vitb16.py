@@ -38,3 +38,32 @@ def test_vitb16_export_parity_with_reference(vitb16_bundle):
     for name, g, w in zip(["similarity", "scores", "heatmaps"], got, want):
         err = np.abs(g - w.numpy()).max()
         assert err <= 1e-4, (name, err)
+
+
+@pytest.mark.parametrize("size", [224, 448])
+def test_vitb16_runtime_end_to_end_parity(vitb16_bundle, tmp_path_factory, size):
+    """Runtime on a non-square photo vs torch: preprocess, surgery, feature surgery, heatmap at 640x427."""
+    from pathlib import Path
+    from PIL import Image
+    from clipxai.export.pipeline import ExportConfig, export_bundle
+    from clipxai.runtime import Predictor
+    res, model = vitb16_bundle
+    path = res.path
+    if size != 224:
+        path = export_bundle(ExportConfig(output=tmp_path_factory.mktemp("v448") / "b", classes=["sky", "rocket"],
+                                          backbone="ViT-B/16", pretrained="random", image_size=size)).path
+    rocket = Path(__file__).parent.parent / "examples" / "rocket.jpg"
+    pil = Image.open(rocket).convert("RGB")
+    pred = Predictor.from_bundle(path, providers="cpu").predict(rocket)
+    m = read_manifest(path)
+    x = ref.clip_preprocess(pil, size, m["preprocess"]["mean"], m["preprocess"]["std"])[None]
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    text = torch.from_numpy(np.load(path / "text_embeddings.npy"))
+    with torch.no_grad():
+        feats = torch.nn.functional.normalize(ref.surgery_tokens(sd, x, 12, 6, True), dim=-1)
+        sim = ref.feature_surgery(feats, text, "classes")[:, 1:]
+        scores = (100.0 * feats[:, 0] @ text.t()).softmax(-1)
+        maps = ref.heatmaps(sim, (427, 640))
+    assert np.abs(pred.similarity - sim[0].numpy()).max() <= 1e-4
+    assert np.abs(pred.scores - scores[0].numpy()).max() <= 1e-4
+    assert np.abs(pred.heatmaps - maps[0].numpy()).max() <= 1e-4

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from clipxai.errors import ClipxaiError
+from clipxai.errors import ClipxaiError, WeightsUnavailableError
 
 from clipxai.models.backbones import DEFAULT_BACKBONE  # torch-free table
 
@@ -55,13 +55,17 @@ def _human(n: int) -> str:
 @click.option("--text-batch-size", type=click.IntRange(1), default=256, show_default=True, help="Prompts per text-encoder batch.")
 def main(backbone, pretrained, classes_text, classes_file, image_size, redundancy, output, force, no_verify,
          opset, cache_dir, text_batch_size):
-    """Export a CLIP Surgery backbone and a class vocabulary as an ONNX bundle."""
+    """Export a CLIP Surgery backbone and a class vocabulary as an ONNX bundle.
+
+    Exit status: 0 done, 2 bad input or failed verification, 3 weights could not
+    be downloaded, 130 interrupted. No partial bundle is ever left at --output.
+    """
     try:
         result = run(backbone, pretrained, classes_text, classes_file, image_size, redundancy, output, force,
                      no_verify, opset, cache_dir, text_batch_size)
     except ClipxaiError as e:
         click.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(2)
+        sys.exit(3 if isinstance(e, WeightsUnavailableError) else 2)
     except KeyboardInterrupt:
         click.secho("interrupted: no bundle written", fg="red", err=True)
         sys.exit(130)

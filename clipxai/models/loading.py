@@ -30,7 +30,7 @@ import open_clip
 import torch
 
 from clipxai.contract import OPENAI_MEAN, OPENAI_STD, sha256_file
-from clipxai.errors import WeightsError
+from clipxai.errors import WeightsError, WeightsUnavailableError
 from clipxai.models.backbones import BackboneChoice
 
 RANDOM = "random"
@@ -238,7 +238,7 @@ def load_clip(choice: BackboneChoice, pretrained: str = OPENAI, cache_dir: str |
         with _quiet_hub():
             path = open_clip.download_pretrained(cfg, cache_dir=cache_dir)
     except Exception as e:  # noqa: BLE001 - hub, HTTP and offline errors all mean "not fetched"
-        raise WeightsError(
+        raise WeightsUnavailableError(
             f"could not fetch the {pretrained!r} weights of {name} ({_one_line(e)}); "
             "download them on a machine with network access and pass the file with --pretrained PATH"
         ) from None

@@ -148,13 +148,15 @@ def run(bundle_path, inputs, out_dir: Path, classes_text, batch_size, providers,
 
 
 def write_results(out_dir: Path, stem: str, source: Path, image, pred, predictor, overlays: bool = True) -> None:
-    from clipxai.runtime.visualize import overlay, segmentation_image
+    from clipxai.runtime.visualize import overlay, segmentation_image, stamp
 
+    random_weights = predictor.bundle.manifest.get("weights", {}).get("source") == "random"
+    label = (lambda pic: stamp(pic, "RANDOM WEIGHTS - not a real result")) if random_weights else (lambda pic: pic)
     if overlays:
         for k, name in enumerate(pred.classes):
-            pic = overlay(image, pred.heatmap(k))
+            pic = label(overlay(image, pred.heatmap(k)))
             _write_atomic(out_dir / f"{stem}_heatmap_{_safe(name)}.png", lambda p: pic.save(p, format="PNG"))
-    seg = segmentation_image(image, pred.segmentation, pred.classes)
+    seg = label(segmentation_image(image, pred.segmentation, pred.classes))
     _write_atomic(out_dir / f"{stem}_segmentation.png", lambda p: seg.save(p, format="PNG"))
     points = {}
     for k, name in enumerate(pred.classes):

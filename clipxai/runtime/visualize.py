@@ -66,3 +66,13 @@ def segmentation_image(image: Image.Image, labels: np.ndarray, classes: list[str
         draw.rectangle([body.width + 8, y + 2, body.width + 22, y + 14], fill=colour, outline=(0, 0, 0))
         draw.text((body.width + 28, y + 2), text, fill=(0, 0, 0), font=font)
     return canvas
+
+
+def stamp(image: Image.Image, text: str) -> Image.Image:
+    """A red banner with ``text`` across the top (used to label random-weight results)."""
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default()
+    draw.rectangle([0, 0, out.width, 16], fill=(200, 0, 0))
+    draw.text((4, 2), text, fill=(255, 255, 255), font=font)
+    return out
