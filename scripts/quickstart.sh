@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 VENV="${CLIPXAI_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 echo "• installing clipxai[export] into $VENV (PyTorch is large; the first time takes a few minutes)"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[export]"
+LOG="$VENV/pip-install.log"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip > "$LOG" 2>&1 || { cat "$LOG"; exit 1; }
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[export]" >> "$LOG" 2>&1 || { cat "$LOG"; exit 1; }
 
 WEIGHTS="${1:-openai}"
 CLASSES="rocket,sky,smoke,tree,ground,building"

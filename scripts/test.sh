@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${CLIPXAI_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
+LOG="$VENV/pip-install.log"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip > "$LOG" 2>&1 || { cat "$LOG"; exit 1; }
 # constraints.txt pins the versions the suite was last run with.
-"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[export,test]"
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[export,test]" >> "$LOG" 2>&1 || { cat "$LOG"; exit 1; }
 exec "$VENV/bin/python" -m pytest "$@"
