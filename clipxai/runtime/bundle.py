@@ -101,9 +101,6 @@ def load_bundle(path: str | Path, verify_digests: bool = True) -> Bundle:
             raise BundleError(f"{mpath}: entry {name!r} has no sha256")
         if verify_digests and sha256_file(fpath) != info["sha256"]:
             raise BundleError(f"{fpath}: sha256 does not match the manifest (corrupt or modified); re-export or re-copy")
-    for name in (TEXT_EMBEDDINGS_FILE,):
-        if (root / name).exists() and name not in files:
-            raise BundleError(f"{root / name}: present but not listed in the manifest")
     return Bundle(root, manifest)
 
 

@@ -8,7 +8,7 @@ shapes in every docstring. K = number of classes, N = g² patch tokens,
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -41,7 +41,6 @@ class Prediction:
     heatmaps_grid: np.ndarray
     size: tuple[int, int]
     background_threshold: float | None = None
-    _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def grid_size(self) -> int:
