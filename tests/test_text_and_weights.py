@@ -85,6 +85,22 @@ def test_load_openai_format_state_dict(tmp_path, tiny_model, tiny_choice):
     _assert_loaded(loaded, {k: v.float() if v.is_floating_point() else v for k, v in openai_sd.items()})
 
 
+def test_load_openai_torchscript_archive(tmp_path, tiny_model):
+    """OpenAI released TorchScript archives; they load through torch.jit, as QuickGELU."""
+    import warnings
+    model = tiny_model.model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, (torch.zeros(1, 3, 32, 32), torch.zeros(1, 77, dtype=torch.long)),
+                                 check_trace=False, strict=False)
+    path = tmp_path / "ViT-tiny-jit.pt"
+    traced.save(str(path))
+    choice = resolve_backbone(TINY.open_clip_name)  # even with a GELU spelling: the archive is OpenAI's
+    loaded = load_clip(choice, str(path))
+    assert loaded.weights["format"] == "openai-torchscript" and loaded.quick_gelu
+    _assert_loaded(loaded, model.state_dict())
+
+
 def test_load_open_clip_checkpoint(tmp_path, tiny_model):
     sd = _perturbed_state_dict(tiny_model.model, 2)
     path = tmp_path / "epoch_3.pt"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,7 +149,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
             raise WeightsError(f"{path.name}: not a readable safetensors file ({_one_line(e)})")
     if zipfile.is_zipfile(path) and _is_torchscript(path):
         try:
-            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+            with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not for users
+                warnings.simplefilter("ignore", FutureWarning)
+                sd = torch.jit.load(str(path), map_location="cpu").state_dict()
         except Exception as e:  # noqa: BLE001
             raise WeightsError(f"{path.name}: unreadable TorchScript archive ({_one_line(e)})")
         return _flat(sd), "openai-torchscript"
@@ -191,6 +194,9 @@ def _one_line(e: BaseException) -> str:
 def load_state_dict_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, backbone: str) -> None:
     """Strict load with a one-line error naming the first mismatch."""
     own = model.state_dict()
+    # TorchScript archives also carry non-persistent buffers (e.g. the causal attn_mask).
+    transient = {name for name, _ in model.named_buffers()} - set(own)
+    sd = {k: v for k, v in sd.items() if k not in transient}
     if "logit_scale" in sd and own["logit_scale"].ndim != sd["logit_scale"].ndim:
         sd["logit_scale"] = sd["logit_scale"].reshape(own["logit_scale"].shape)
     missing = [k for k in own if k not in sd]
