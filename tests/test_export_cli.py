@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -106,7 +105,6 @@ def test_existing_output_needs_force(tmp_path):
 
 
 def test_verification_failure_writes_nothing(tmp_path, monkeypatch):
-    import torch
     import clipxai.export.pipeline as pipeline
     real_export = pipeline.export_onnx
 
