@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def feature_surgery(
@@ -44,7 +43,3 @@ def grid_heatmaps(similarity: torch.Tensor, grid: int) -> torch.Tensor:
     maps = (similarity - lo) / span  # [B, N, K]
     b, n, k = maps.shape
     return maps.transpose(1, 2).reshape(b, k, grid, grid)
-
-
-def normalize_tokens(tokens: torch.Tensor) -> torch.Tensor:
-    return F.normalize(tokens, dim=-1)
