@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
+from clipxai.contract import METHODS
 from clipxai.errors import ClipxaiError, WeightsUnavailableError
-
 from clipxai.models.backbones import DEFAULT_BACKBONE  # torch-free table
 
 
@@ -43,6 +43,8 @@ def _human(n: int) -> str:
               help="ViT-B/32, ViT-B/16, ViT-L/14, ViT-L/14@336px, or an open_clip name (ViT-B-16, ViT-B-16-quickgelu).")
 @click.option("--pretrained", default="openai", show_default=True,
               help="'openai', an open_clip pretrained tag (e.g. laion2b_s34b_b88k), a checkpoint file, or 'random' (tests only).")
+@click.option("--method", type=click.Choice(METHODS), default="surgery", show_default=True,
+              help="Dense-prediction method baked into the graph.")
 @click.option("--classes", "classes_text", help='Comma-separated class names, e.g. "person,bench,sky".')
 @click.option("--classes-file", type=click.Path(dir_okay=False), help="UTF-8 file with one class name per line.")
 @click.option("--image-size", type=int, default=224, show_default=True, help="Square input size of the graph (a multiple of the patch size).")
@@ -54,7 +56,7 @@ def _human(n: int) -> str:
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Where open_clip keeps downloaded weights.")
 @click.option("--text-batch-size", type=click.IntRange(1), default=256, show_default=True, help="Prompts per text-encoder batch.")
-def main(backbone, pretrained, classes_text, classes_file, image_size, redundancy, output, force, no_verify,
+def main(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, output, force, no_verify,
          opset, cache_dir, text_batch_size):
     """Export a CLIP Surgery backbone and a class vocabulary as an ONNX bundle.
 
@@ -62,7 +64,7 @@ def main(backbone, pretrained, classes_text, classes_file, image_size, redundanc
     be downloaded, 130 interrupted. No partial bundle is ever left at --output.
     """
     try:
-        result = run(backbone, pretrained, classes_text, classes_file, image_size, redundancy, output, force,
+        result = run(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, output, force,
                      no_verify, opset, cache_dir, text_batch_size)
     except ClipxaiError as e:
         click.secho(f"error: {e}", fg="red", err=True)
@@ -82,7 +84,7 @@ def main(backbone, pretrained, classes_text, classes_file, image_size, redundanc
         click.secho("WARNING: this bundle has RANDOM weights (for tests only)", fg="red", bold=True, err=True)
 
 
-def run(backbone, pretrained, classes_text, classes_file, image_size, redundancy, output, force, no_verify,
+def run(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, output, force, no_verify,
         opset, cache_dir, text_batch_size):
     # Imported here so that `--help` and option errors stay fast and torch-free.
     from clipxai.vocabulary import parse_class_list, read_classes_file
@@ -96,7 +98,7 @@ def run(backbone, pretrained, classes_text, classes_file, image_size, redundancy
         from clipxai.export.pipeline import ExportConfig, export_bundle
     except ImportError as e:
         raise ClipxaiError(f"the exporter needs the export extra ({e.name} is missing): pip install \"clipxai[export]\"")
-    cfg = ExportConfig(output=Path(output), classes=classes, backbone=backbone, pretrained=pretrained,
+    cfg = ExportConfig(output=Path(output), classes=classes, backbone=backbone, method=method, pretrained=pretrained,
                        image_size=image_size, redundancy=redundancy, force=force, verify=not no_verify,
                        opset=opset, cache_dir=cache_dir, text_batch_size=text_batch_size)
     return export_bundle(cfg, ClickReporter())

@@ -1,7 +1,13 @@
-"""The module that is exported: image in, similarity/scores/heatmaps out.
+"""The modules that are exported: image in, similarity/scores/heatmaps out.
 
-A thin wrapper (like segment-anything's SamOnnxModel) that re-expresses the
-surgery model for export, with the text embeddings baked in as buffers.
+Thin wrappers (like segment-anything's SamOnnxModel) that re-express a model
+for export. Every method's graph module has the same signature,
+
+    forward(image [B,3,S,S], text [K,D], redundancy [D])
+        -> (similarity [B,N,K], scores [B,K], heatmaps [B,K,g,g])
+
+and the attributes ``image_size`` and ``grid``. ``BakedVocabulary`` turns one
+into ``forward(image)`` with the vocabulary baked in as constants.
 """
 
 from __future__ import annotations
@@ -15,18 +21,37 @@ from clipxai.models.feature_surgery import feature_surgery, grid_heatmaps
 from clipxai.models.surgery import SurgeryViT
 
 
-class SurgeryOnnxModel(nn.Module):
-    """forward(image [B,3,S,S]) -> (similarity [B,N,K], scores [B,K], heatmaps [B,K,g,g])."""
+def class_scores(cls_embedding: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Zero-shot scores [B, K] = softmax(100 * cos) of the unmodified class token [B, D]."""
+    return torch.softmax(LOGIT_SCALE * (F.normalize(cls_embedding, dim=-1) @ text.t()), dim=-1)
 
-    def __init__(self, vit: SurgeryViT, text: torch.Tensor, redundancy: torch.Tensor, mode: str):
+
+class SurgeryOnnxModel(nn.Module):
+    """CLIP Surgery: dual-path ViT tokens, then feature surgery (DESIGN sections 3 and 6)."""
+
+    def __init__(self, vit: SurgeryViT, mode: str):
         super().__init__()
         self.vit = vit
         self.mode = mode
+        self.image_size = vit.image_size
+        self.grid = vit.grid
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor, redundancy: torch.Tensor):
+        feats = F.normalize(self.vit(image), dim=-1)  # [B, 1+N, D]
+        sim = feature_surgery(feats, text, self.mode, redundancy)[:, 1:, :]
+        return sim, class_scores(feats[:, 0, :], text), grid_heatmaps(sim, self.grid)
+
+
+class BakedVocabulary(nn.Module):
+    """forward(image [B,3,S,S]) -> the wrapped model's outputs, text [K,D] and redundancy [D] baked in."""
+
+    def __init__(self, model: nn.Module, text: torch.Tensor, redundancy: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.image_size = model.image_size
+        self.grid = model.grid
         self.register_buffer("text", text.detach().float().clone())
         self.register_buffer("redundancy", redundancy.detach().float().clone())
 
     def forward(self, image: torch.Tensor):
-        feats = F.normalize(self.vit(image), dim=-1)  # [B, 1+N, D]
-        sim = feature_surgery(feats, self.text, self.mode, self.redundancy)[:, 1:, :]
-        scores = torch.softmax(LOGIT_SCALE * (feats[:, 0, :] @ self.text.t()), dim=-1)
-        return sim, scores, grid_heatmaps(sim, self.vit.grid)
+        return self.model(image, self.text, self.redundancy)

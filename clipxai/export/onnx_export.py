@@ -9,18 +9,19 @@ import onnx
 import onnx_graphsurgeon as gs
 import torch
 
+from torch import nn
+
 import clipxai
 from clipxai.contract import INPUT_IMAGE, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY, OUTPUTS
-from clipxai.export.graph import SurgeryOnnxModel
 
 MIN_OPSET = 17
 
 
-def export_onnx(model: SurgeryOnnxModel, path: str | Path, opset: int = MIN_OPSET) -> onnx.ModelProto:
+def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET) -> onnx.ModelProto:
     """Export with a dynamic batch, fold constants, clean up, toposort, check, save."""
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} < {MIN_OPSET}")
-    size = model.vit.image_size
+    size = model.image_size
     dummy = torch.zeros(2, 3, size, size)
     dynamic = {INPUT_IMAGE: {0: "batch"}, OUTPUT_SIMILARITY: {0: "batch"}, OUTPUT_SCORES: {0: "batch"},
                OUTPUT_HEATMAPS: {0: "batch"}}

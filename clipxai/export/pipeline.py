@@ -21,12 +21,12 @@ from clipxai.contract import (
 )
 from clipxai.errors import ClipxaiError, VerificationError
 from clipxai.export.bundle import bundle_size, check_output, finalize_manifest, staged_bundle
-from clipxai.export.graph import SurgeryOnnxModel
+from clipxai.export.graph import BakedVocabulary
+from clipxai.export.methods import build_method_graph
 from clipxai.export.onnx_export import MIN_OPSET, export_onnx
 from clipxai.export.verify import verify_onnx
 from clipxai.models.backbones import DEFAULT_BACKBONE, resolve_backbone
 from clipxai.models.loading import OPENAI, RANDOM, load_clip
-from clipxai.models.surgery import SurgeryViT
 from clipxai.models.text import TEMPLATE_SET, TEMPLATES, encode_vocabulary, redundancy_vector
 from clipxai.vocabulary import validate_classes
 
@@ -39,6 +39,7 @@ class ExportConfig:
     output: Path
     classes: list[str]
     backbone: str = DEFAULT_BACKBONE
+    method: str = "surgery"
     pretrained: str = OPENAI
     image_size: int = 224
     redundancy: str | None = None  # None: "classes" for K > 1, "empty" for K == 1
@@ -122,9 +123,9 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
         text = encode_vocabulary(model, tokenizer, classes, batch_size=cfg.text_batch_size, on_progress=advance)
         redundancy = redundancy_vector(model, tokenizer, on_progress=advance)
 
-    vit = SurgeryViT(model.visual, cfg.image_size, spec.surgery_blocks).eval()
-    graph_model = SurgeryOnnxModel(vit, text, redundancy, mode).eval()
-    grid = vit.grid
+    built = build_method_graph(cfg.method, model.visual, spec, cfg.image_size, mode)
+    graph_model = BakedVocabulary(built.module, text, redundancy).eval()
+    grid = graph_model.grid
 
     with staged_bundle(output, cfg.force) as staging:
         rep.step(f"exporting ONNX graph (opset {cfg.opset}, {cfg.image_size}x{cfg.image_size}, grid {grid}x{grid})")
@@ -143,13 +144,14 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
                     f"ONNX graph disagrees with PyTorch: max abs error similarity {errs['similarity']:.3g}, "
                     f"heatmaps {errs['heatmaps']:.3g} > {cfg.tolerance:g}; no bundle written"
                 )
-        manifest = build_manifest(cfg, loaded, spec, choice, classes, mode, grid, text.shape[1], verification)
+        manifest = build_manifest(cfg, loaded, spec, classes, mode, grid, text.shape[1], verification,
+                                  built.pos_embed_resize)
         manifest = finalize_manifest(staging, manifest)
 
     return ExportResult(output, bundle_size(output), time.perf_counter() - start, verification, manifest)
 
 
-def build_manifest(cfg, loaded, spec, choice, classes, mode, grid, embed_dim, verification) -> dict:
+def build_manifest(cfg, loaded, spec, classes, mode, grid, embed_dim, verification, pos_embed_resize) -> dict:
     n = grid * grid
     k = len(classes)
     s = cfg.image_size
@@ -158,7 +160,7 @@ def build_manifest(cfg, loaded, spec, choice, classes, mode, grid, embed_dim, ve
         "clipxai_version": clipxai.__version__,
         "created_with": {"torch": torch.__version__, "open_clip": open_clip.__version__,
                          "onnx": onnx.__version__, "python": platform.python_version()},
-        "method": "surgery",
+        "method": cfg.method,
         "backbone": {"name": spec.name, "open_clip_name": spec.open_clip_name, "patch_size": spec.patch_size,
                      "activation": "quick_gelu" if loaded.quick_gelu else "gelu",
                      "surgery_blocks": spec.surgery_blocks, "pretrained_image_size": spec.image_size},
@@ -167,8 +169,7 @@ def build_manifest(cfg, loaded, spec, choice, classes, mode, grid, embed_dim, ve
         "grid_size": grid,
         "num_patches": n,
         "embed_dim": embed_dim,
-        "pos_embed_resize": {"from_grid": spec.image_size // spec.patch_size, "to_grid": grid,
-                             "mode": "bilinear", "align_corners": False, "antialias": False},
+        "pos_embed_resize": pos_embed_resize,
         "preprocess": {"resize": "squash", "interpolation": "bicubic", "mean": list(loaded.mean),
                        "std": list(loaded.std), "color": "RGB"},
         "classes": classes,

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from torch import nn
 
 from clipxai.contract import INPUT_IMAGE, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
-from clipxai.export.graph import SurgeryOnnxModel
 
 
 def verification_images(size: int, mean, std, batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -25,9 +25,9 @@ def verification_images(size: int, mean, std, batch: int = 2, seed: int = 0) -> 
     return ((x - np.array(mean, np.float32)[:, None, None]) / np.array(std, np.float32)[:, None, None]).astype(np.float32)
 
 
-def verify_onnx(onnx_path: str | Path, model: SurgeryOnnxModel, mean, std, batch: int = 2) -> dict[str, float]:
+def verify_onnx(onnx_path: str | Path, model: nn.Module, mean, std, batch: int = 2) -> dict[str, float]:
     """Max abs errors {similarity, heatmaps, scores} of the ONNX graph vs torch, batch 2."""
-    x = verification_images(model.vit.image_size, mean, std, batch)
+    x = verification_images(model.image_size, mean, std, batch)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])

@@ -1,0 +1,51 @@
+"""The method table: ``--method NAME`` -> the graph module that computes it.
+
+Each entry builds a module with the signature documented in
+``clipxai.export.graph`` and says how it resized the positional embeddings
+(recorded in the manifest). Adding a method is adding a row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from clipxai.contract import METHODS
+from clipxai.errors import ClipxaiError
+from clipxai.export.graph import SurgeryOnnxModel
+from clipxai.models.backbones import BackboneSpec
+from clipxai.models.surgery import SurgeryViT
+
+
+@dataclass
+class MethodGraph:
+    module: nn.Module          # forward(image, text, redundancy) -> (similarity, scores, heatmaps)
+    pos_embed_resize: dict     # how positional embeddings were resized (manifest)
+
+
+def _surgery(visual: nn.Module, spec: BackboneSpec, image_size: int, redundancy_mode: str) -> MethodGraph:
+    vit = SurgeryViT(visual, image_size, spec.surgery_blocks).eval()
+    g0 = spec.image_size // spec.patch_size
+    return MethodGraph(
+        SurgeryOnnxModel(vit, redundancy_mode).eval(),
+        {"from_grid": g0, "to_grid": vit.grid, "mode": "bilinear", "align_corners": False, "antialias": False},
+    )
+
+
+Builder = Callable[[nn.Module, BackboneSpec, int, str], MethodGraph]
+
+METHOD_BUILDERS: dict[str, Builder] = {
+    "surgery": _surgery,
+}
+assert set(METHOD_BUILDERS) == set(METHODS), "contract.METHODS and METHOD_BUILDERS must list the same methods"
+
+
+def build_method_graph(method: str, visual: nn.Module, spec: BackboneSpec, image_size: int,
+                       redundancy_mode: str) -> MethodGraph:
+    try:
+        builder = METHOD_BUILDERS[method]
+    except KeyError:
+        raise ClipxaiError(f"unknown method {method!r}; choose one of: {', '.join(METHOD_BUILDERS)}") from None
+    return builder(visual, spec, image_size, redundancy_mode)
