@@ -30,7 +30,7 @@ REDUNDANCY_MODES = ("classes", "empty", "none")
 METHODS = ("surgery",)
 
 # Precision of the graph's weights; IO stays float32 in every precision.
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "fp16", "int8")
 
 # Zero-shot scores use CLIP's trained temperature.
 LOGIT_SCALE = 100.0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from clipxai.contract import METHODS
+from clipxai.contract import METHODS, PRECISIONS
 from clipxai.errors import ClipxaiError, WeightsUnavailableError
 from clipxai.models.backbones import DEFAULT_BACKBONE  # torch-free table
 
@@ -50,13 +50,20 @@ def _human(n: int) -> str:
 @click.option("--image-size", type=int, default=224, show_default=True, help="Square input size of the graph (a multiple of the patch size).")
 @click.option("--redundancy", type=click.Choice(["classes", "empty", "none"]), default=None,
               help="Feature-surgery mode [default: classes for several classes, empty for one].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="Graph precision: fp32; int8 for CPUs; fp16 for GPUs/TensorRT. int8 and fp16 are checked "
+                   "against fp32 and refused below the fidelity gate (unless --force).")
+@click.option("--fidelity-images", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Directory of your own images for the int8/fp16 fidelity check [default: synthetic scenes].")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=True), help="Bundle directory to create.")
-@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing output directory; write an int8/fp16 graph even if it fails the fidelity gate.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime-vs-PyTorch check.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Where open_clip keeps downloaded weights.")
 @click.option("--text-batch-size", type=click.IntRange(1), default=256, show_default=True, help="Prompts per text-encoder batch.")
-def main(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, output, force, no_verify,
+def main(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, precision,
+         fidelity_images, output, force, no_verify,
          opset, cache_dir, text_batch_size):
     """Export a CLIP Surgery backbone and a class vocabulary as an ONNX bundle.
 
@@ -64,7 +71,8 @@ def main(backbone, method, pretrained, classes_text, classes_file, image_size, r
     be downloaded, 130 interrupted. No partial bundle is ever left at --output.
     """
     try:
-        result = run(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, output, force,
+        result = run(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, precision,
+                     fidelity_images, output, force,
                      no_verify, opset, cache_dir, text_batch_size)
     except ClipxaiError as e:
         click.secho(f"error: {e}", fg="red", err=True)
@@ -79,12 +87,29 @@ def main(backbone, method, pretrained, classes_text, classes_file, image_size, r
                    f"scores {v['scores']:.2e} (tolerance {v['tolerance']:g}, batch {v['batch']})")
     else:
         click.echo("verification skipped (--no-verify)")
+    f = result.manifest.get("fidelity")
+    if f is not None:
+        click.echo(f"{result.manifest['precision']} fidelity vs fp32 ({f['images']} images, {f['provider']}): "
+                   f"heatmap correlation {f['correlation']:.4f} (min {f['correlation_min']:.4f}), "
+                   f"pixel agreement {100 * f['pixel_agreement']:.1f}%, top-1 agreement "
+                   f"{100 * f['top1_agreement']:.0f}% -> {'PASSED' if f['passed'] else 'FAILED'} gate "
+                   f"(correlation >= {f['gate']['correlation']}, pixels >= {100 * f['gate']['pixel_agreement']:.0f}%)"
+                   + (f"; {f['note']}" if f.get("note") else ""))
     click.echo(f"time: {result.seconds:.1f} s")
     if result.manifest["weights"]["source"] == "random":
         click.secho("WARNING: this bundle has RANDOM weights (for tests only)", fg="red", bold=True, err=True)
 
 
-def run(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, output, force, no_verify,
+def _image_files(folder: str) -> list[Path]:
+    exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in exts)
+    if not files:
+        raise ClipxaiError(f"--fidelity-images {folder}: no .jpg/.png/.bmp/.webp/.tif images in it")
+    return files
+
+
+def run(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, precision,
+        fidelity_images, output, force, no_verify,
         opset, cache_dir, text_batch_size):
     # Imported here so that `--help` and option errors stay fast and torch-free.
     from clipxai.vocabulary import parse_class_list, read_classes_file
@@ -100,7 +125,8 @@ def run(backbone, method, pretrained, classes_text, classes_file, image_size, re
         raise ClipxaiError(f"the exporter needs the export extra ({e.name} is missing): pip install \"clipxai[export]\"")
     cfg = ExportConfig(output=Path(output), classes=classes, backbone=backbone, method=method, pretrained=pretrained,
                        image_size=image_size, redundancy=redundancy, force=force, verify=not no_verify,
-                       opset=opset, cache_dir=cache_dir, text_batch_size=text_batch_size)
+                       opset=opset, cache_dir=cache_dir, text_batch_size=text_batch_size, precision=precision,
+                       fidelity_images=_image_files(fidelity_images) if fidelity_images else None)
     return export_bundle(cfg, ClickReporter())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -16,14 +17,16 @@ import torch
 
 import clipxai
 from clipxai.contract import (
-    INPUT_IMAGE, LOGIT_SCALE, MODEL_FILE, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY,
+    INPUT_IMAGE, LOGIT_SCALE, MODEL_FILE, PRECISIONS, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY,
     REDUNDANCY_FILE, REDUNDANCY_MODES, SCHEMA_VERSION, TEXT_EMBEDDINGS_FILE,
 )
 from clipxai.errors import ClipxaiError, VerificationError
 from clipxai.export.bundle import bundle_size, check_output, finalize_manifest, staged_bundle
+from clipxai.export.fidelity import GATES, gate_failures, load_images, measure_fidelity, synthetic_scenes
 from clipxai.export.graph import BakedVocabulary
 from clipxai.export.methods import build_method_graph
 from clipxai.export.onnx_export import MIN_OPSET, export_onnx
+from clipxai.export.precision import convert
 from clipxai.export.verify import verify_onnx
 from clipxai.models.backbones import DEFAULT_BACKBONE, resolve_backbone
 from clipxai.models.loading import OPENAI, RANDOM, load_clip
@@ -49,6 +52,9 @@ class ExportConfig:
     cache_dir: str | None = None
     text_batch_size: int = 256
     tolerance: float = FP32_TOLERANCE
+    precision: str = "fp32"
+    fidelity_images: list[Path] | None = None  # None: synthetic scenes
+    fidelity_count: int = 8
 
 
 @dataclass
@@ -89,6 +95,8 @@ def resolve_redundancy(mode: str | None, n_classes: int) -> str:
 def _validate(cfg: ExportConfig) -> None:
     if cfg.opset < MIN_OPSET:
         raise ClipxaiError(f"--opset {cfg.opset} is too old; use {MIN_OPSET} or newer")
+    if cfg.precision not in PRECISIONS:
+        raise ClipxaiError(f"unknown precision {cfg.precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if not 0 < cfg.image_size <= MAX_IMAGE_SIZE:
         raise ClipxaiError(f"--image-size {cfg.image_size} is out of range; use 1..{MAX_IMAGE_SIZE}")
 
@@ -144,11 +152,47 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
                     f"ONNX graph disagrees with PyTorch: max abs error similarity {errs['similarity']:.3g}, "
                     f"heatmaps {errs['heatmaps']:.3g} > {cfg.tolerance:g}; no bundle written"
                 )
+        fidelity = None
+        if cfg.precision != "fp32":
+            fidelity = _lower_precision(cfg, staging, loaded, rep)
         manifest = build_manifest(cfg, loaded, spec, classes, mode, grid, text.shape[1], verification,
                                   built.pos_embed_resize)
+        manifest["fidelity"] = fidelity
         manifest = finalize_manifest(staging, manifest)
 
     return ExportResult(output, bundle_size(output), time.perf_counter() - start, verification, manifest)
+
+
+def _lower_precision(cfg: ExportConfig, staging: Path, loaded, rep: Reporter) -> dict:
+    """Convert the verified fp32 graph, measure its fidelity, gate, and put it in place."""
+    import onnxruntime as ort
+
+    prec = cfg.precision
+    rep.step(f"converting the graph to {prec}")
+    candidate = staging / f"model.{prec}.onnx"
+    conversion = convert(prec, staging / MODEL_FILE, candidate)
+    if cfg.fidelity_images:
+        images, source = load_images(cfg.fidelity_images, cfg.image_size), f"{len(cfg.fidelity_images)} user images"
+    else:
+        images, source = synthetic_scenes(cfg.fidelity_count, cfg.image_size), "synthetic scenes (seed 0)"
+    gpu = "CUDAExecutionProvider"
+    provider = gpu if prec == "fp16" and gpu in ort.get_available_providers() else "CPUExecutionProvider"
+    rep.step(f"measuring {prec} fidelity against fp32 on {len(images)} {source.split(' (')[0]} ({provider})")
+    report = measure_fidelity(staging / MODEL_FILE, candidate, images, loaded.mean, loaded.std, provider)
+    gate = GATES[prec]
+    failures = gate_failures(report, gate)
+    report.update(image_source=source, gate={"correlation": gate.correlation,
+                                             "pixel_agreement": gate.pixel_agreement},
+                  passed=not failures, conversion=conversion)
+    if prec == "fp16" and provider != gpu:
+        report["note"] = "measured with onnxruntime on the CPU (no GPU available at export)"
+    if failures:
+        msg = f"the {prec} graph fails the fidelity gate: {'; '.join(failures)}"
+        if not cfg.force:
+            raise VerificationError(msg + "; no bundle written (--force writes it anyway)")
+        rep.warn(msg + "; writing it anyway (--force)")
+    os.replace(candidate, staging / MODEL_FILE)
+    return report
 
 
 def build_manifest(cfg, loaded, spec, classes, mode, grid, embed_dim, verification, pos_embed_resize) -> dict:
@@ -177,7 +221,7 @@ def build_manifest(cfg, loaded, spec, classes, mode, grid, embed_dim, verificati
         "redundancy": mode,
         "logit_scale": LOGIT_SCALE,
         "opset": cfg.opset,
-        "precision": "fp32",
+        "precision": cfg.precision,
         "graph": {
             "inputs": {INPUT_IMAGE: {"dtype": "float32", "shape": ["batch", 3, s, s]}},
             "outputs": {

@@ -1,0 +1,131 @@
+"""Fidelity of a lower-precision graph against the fp32 graph it was made from.
+
+Both graphs run in onnxruntime on the same images; the report holds
+
+- ``correlation``: mean Pearson correlation of the grid heatmaps over every
+  (image, class) pair (``correlation_min``: the worst pair);
+- ``pixel_agreement``: fraction of pixels whose segmentation (argmax of the
+  upsampled similarity, at the graph's input size) is the same;
+- ``top1_agreement``: fraction of images whose top zero-shot class is the same.
+
+The images are synthetic scenes the exporter draws itself (no network, no
+files), or the user's own images. numpy + onnxruntime only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from clipxai.contract import INPUT_IMAGE, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
+from clipxai.runtime.postprocess import segment
+from clipxai.runtime.preprocess import open_image, preprocess
+
+
+@dataclass(frozen=True)
+class Gate:
+    correlation: float
+    pixel_agreement: float
+
+
+GATES = {"int8": Gate(correlation=0.98, pixel_agreement=0.95),
+         "fp16": Gate(correlation=0.995, pixel_agreement=0.95)}
+
+
+def synthetic_scenes(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """uint8 [n, size, size, 3] deterministic scenes: a sky gradient over ground, a horizon,
+    filled discs and boxes of random colours, and texture noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        sky, ground = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        horizon = rng.uniform(0.3, 0.7) + 0.1 * np.sin(2 * np.pi * (xx * rng.uniform(0.5, 2) + rng.uniform()))
+        img = np.where((yy < horizon)[..., None], sky * (0.6 + 0.4 * yy[..., None]), ground * (0.7 + 0.3 * xx[..., None]))
+        for _ in range(rng.integers(2, 6)):
+            cy, cx, r = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.05, 0.25)
+            colour = rng.uniform(0, 255, 3)
+            if rng.random() < 0.5:
+                mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+            else:
+                mask = (np.abs(yy - cy) < r) & (np.abs(xx - cx) < r * rng.uniform(0.3, 1.5))
+            img[mask] = colour
+        img += rng.normal(0, 12, img.shape)
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+def load_images(paths: Sequence[str | Path], size: int) -> np.ndarray:
+    """The user's images, resized as the runtime does -> uint8 [n, size, size, 3]."""
+    from PIL import Image
+    return np.stack([np.asarray(open_image(p).resize((size, size), Image.BICUBIC)) for p in paths])
+
+
+def _session(path: Path, provider: str) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=[provider])
+
+
+def _run(sess: ort.InferenceSession, x: np.ndarray, batch: int = 4):
+    outs = [sess.run([OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS], {INPUT_IMAGE: x[i:i + batch]})
+            for i in range(0, len(x), batch)]
+    return [np.concatenate(parts) for parts in zip(*outs)]
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise Pearson correlation of [M, P] arrays -> [M]. Two constant rows that are
+    equal count as 1, any other pair involving a constant row as 0 (never NaN)."""
+    a = a.astype(np.float64) - a.mean(1, keepdims=True)
+    b = b.astype(np.float64) - b.mean(1, keepdims=True)
+    na, nb = np.sqrt((a * a).sum(1)), np.sqrt((b * b).sum(1))
+    r = (a * b).sum(1) / np.maximum(na * nb, 1e-300)
+    const = (na == 0) | (nb == 0)
+    both_equal = (na == 0) & (nb == 0)
+    return np.where(const, np.where(both_equal, 1.0, 0.0), r)
+
+
+def compare_outputs(ref, cand, size: int) -> dict:
+    """Fidelity figures of candidate outputs against reference outputs (lists
+    [similarity [n,N,K], scores [n,K], heatmaps [n,K,g,g]])."""
+    sim_a, sc_a, map_a = ref
+    sim_b, sc_b, map_b = cand
+    n, k, g = map_a.shape[0], map_a.shape[1], map_a.shape[-1]
+    corr = pearson(map_a.reshape(n * k, g * g), map_b.reshape(n * k, g * g))
+    agree = [float((segment(sim_a[i], g, size, size) == segment(sim_b[i], g, size, size)).mean()) for i in range(n)]
+    return {
+        "images": n,
+        "correlation": float(corr.mean()),
+        "correlation_min": float(corr.min()),
+        "pixel_agreement": float(np.mean(agree)),
+        "top1_agreement": float((sc_a.argmax(-1) == sc_b.argmax(-1)).mean()),
+        "max_abs_heatmap_error": float(np.abs(map_a - map_b).max()),
+    }
+
+
+def measure_fidelity(reference: Path, candidate: Path, images: np.ndarray, mean, std,
+                     provider: str = "CPUExecutionProvider") -> dict:
+    """Run both graphs on uint8 images [n, S, S, 3] and compare (see module docstring)."""
+    from PIL import Image
+    size = images.shape[1]
+    x = np.stack([preprocess(Image.fromarray(im), size, mean, std) for im in images])
+    ref = _run(_session(reference, "CPUExecutionProvider"), x)
+    cand = _run(_session(candidate, provider), x)
+    report = compare_outputs(ref, cand, size)
+    report["provider"] = provider
+    return report
+
+
+def gate_failures(report: dict, gate: Gate) -> list[str]:
+    """Human-readable reasons the report fails the gate (empty when it passes)."""
+    out = []
+    if not report["correlation"] >= gate.correlation:
+        out.append(f"heatmap correlation {report['correlation']:.4f} < {gate.correlation}")
+    if not report["pixel_agreement"] >= gate.pixel_agreement:
+        out.append(f"segmentation pixel agreement {100 * report['pixel_agreement']:.1f}% < "
+                   f"{100 * gate.pixel_agreement:.0f}%")
+    return out
