@@ -20,6 +20,19 @@ if HAVE_TORCH:
     from tiny import TINY, TINY_HEADS, TINY_SURGERY_BLOCKS  # noqa: F401  (registers the tiny backbone)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """Keep the runtime's graph cache out of the user's home during tests."""
+    import os
+    old = os.environ.get("CLIPXAI_CACHE_DIR")
+    os.environ["CLIPXAI_CACHE_DIR"] = str(tmp_path_factory.mktemp("clipxai-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CLIPXAI_CACHE_DIR", None)
+    else:
+        os.environ["CLIPXAI_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_choice():
     from clipxai.models.backbones import resolve_backbone

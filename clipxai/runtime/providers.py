@@ -17,6 +17,7 @@ from typing import Sequence, Union
 import onnxruntime as ort
 
 from clipxai.errors import ClipxaiError
+from clipxai.runtime import graph_cache as gc
 
 log = logging.getLogger("clipxai")
 
@@ -37,6 +38,8 @@ class SessionOptions:
     threads: int | None = None
     trt_fp16: bool = False
     trt_cache_dir: str | None = None
+    graph_cache: bool = True          # CPU: cache the optimized, prepacked graph (see graph_cache.py)
+    cache_dir: str | None = None      # root of clipxai's caches (default ~/.cache/clipxai)
 
 
 def resolve_providers(providers: ProviderSpec, options: SessionOptions = SessionOptions()) -> list:
@@ -82,22 +85,70 @@ def resolve_providers(providers: ProviderSpec, options: SessionOptions = Session
     return out
 
 
-def create_session(model_path: Path, providers: ProviderSpec = "auto",
-                   options: SessionOptions = SessionOptions()) -> ort.InferenceSession:
-    """An InferenceSession whose first provider is really the one asked for."""
-    resolved = resolve_providers(providers, options)
+def _session_options(options: SessionOptions) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if options.threads:
         so.intra_op_num_threads = int(options.threads)
-        so.inter_op_num_threads = 1
+    so.inter_op_num_threads = 1  # the graph is one chain: no parallel branches to run
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return so
+
+
+def _open(path: Path, so: ort.SessionOptions, resolved: list) -> ort.InferenceSession:
     try:
-        sess = ort.InferenceSession(str(model_path), so, providers=resolved)
+        return ort.InferenceSession(str(path), so, providers=resolved)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ClipxaiError(f"{model_path}: onnxruntime could not load the graph ({first[:300]})")
+        raise ClipxaiError(f"{path}: onnxruntime could not load the graph ({first[:300]})")
+
+
+def _open_cached(model_path: Path, model_sha256: str, options: SessionOptions,
+                 resolved: list) -> ort.InferenceSession:
+    """CPU: open the cached optimized graph, or open the bundle's graph and fill the cache."""
+    root = gc.cache_root(options.cache_dir)
+    key = gc.cache_key(model_sha256, CPU)
+    cached = gc.lookup(root, key)
+    if cached is not None:
+        try:
+            sess = _open(cached, _session_options(options), resolved)
+            log.info("loaded the optimized graph from %s", cached.parent)
+            return sess
+        except ClipxaiError as e:
+            log.warning("discarding an unreadable graph cache entry %s (%s)", cached.parent, e)
+            gc.discard(cached.parent)
+    try:
+        staging = gc.new_staging(root)
+    except OSError as e:
+        log.warning("graph cache %s is not writable (%s); loading without it", root, e)
+        return _open(model_path, _session_options(options), resolved)
+    so = _session_options(options)
+    gc.saving_options(so, staging)
+    try:
+        sess = _open(model_path, so, resolved)
+    except BaseException:
+        gc.discard(staging)
+        raise
+    if gc.commit(staging, root, key) is not None:
+        log.info("cached the optimized graph in %s (next loads are faster)", root / "graphs")
+    return sess
+
+
+def create_session(model_path: Path, providers: ProviderSpec = "auto",
+                   options: SessionOptions = SessionOptions(),
+                   model_sha256: str | None = None) -> ort.InferenceSession:
+    """An InferenceSession whose first provider is really the one asked for.
+
+    With the CPU provider first and ``model_sha256`` given, the optimized graph
+    is cached (``options.graph_cache``; see clipxai.runtime.graph_cache).
+    """
+    resolved = resolve_providers(providers, options)
     wanted = resolved[0][0] if isinstance(resolved[0], tuple) else resolved[0]
+    if options.graph_cache and gc.enabled() and model_sha256 and wanted == CPU:
+        sess = _open_cached(Path(model_path), model_sha256, options, resolved)
+    else:
+        sess = _open(Path(model_path), _session_options(options), resolved)
     if sess.get_providers()[0] != wanted:
         raise ClipxaiError(
             f"onnxruntime could not start {wanted} (it fell back to {sess.get_providers()[0]}); "

@@ -1,0 +1,106 @@
+"""The CPU graph cache: filled on first load, used after, never foreign, never fatal."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from clipxai.runtime import Predictor
+from clipxai.runtime import graph_cache as gc
+from tiny import TINY
+
+CLASSES = ["rocket", "sky", "smoke"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from clipxai.export.pipeline import ExportConfig, export_bundle
+    root = tmp_path_factory.mktemp("gc")
+    return export_bundle(ExportConfig(output=root / "tiny", classes=CLASSES, backbone=TINY.name,
+                                      pretrained="random", image_size=48)).path
+
+
+def _entries(root):
+    return sorted(p for p in (root / "graphs").iterdir()) if (root / "graphs").exists() else []
+
+
+def _image():
+    return np.random.default_rng(3).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+
+
+def test_first_load_fills_the_cache_and_later_loads_use_it(bundle, tmp_path, caplog):
+    root = tmp_path / "cache"
+    plain = Predictor.from_bundle(bundle, providers="cpu", graph_cache=False).predict(_image())
+    assert not root.exists()
+    caplog.set_level(logging.INFO, logger="clipxai")
+    first = Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root)).predict(_image())
+    assert "cached the optimized graph" in caplog.text
+    (entry,) = _entries(root)
+    done = json.loads((entry / gc.DONE_FILE).read_text())
+    assert done["key"]["model_sha256"] == json.loads((bundle / "manifest.json").read_text())["files"]["model.onnx"]["sha256"]
+    assert (entry / gc.DATA_FILE).stat().st_size > 0
+    caplog.clear()
+    second = Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root)).predict(_image())
+    assert "loaded the optimized graph from" in caplog.text
+    assert _entries(root) == [entry]
+    for p in (first, second):  # bit-identical to the uncached session
+        assert np.array_equal(p.similarity, plain.similarity)
+        assert np.array_equal(p.heatmaps_grid, plain.heatmaps_grid)
+        assert np.array_equal(p.scores, plain.scores)
+
+
+def test_damaged_entries_are_rebuilt(bundle, tmp_path, caplog):
+    root = tmp_path / "cache"
+    want = Predictor.from_bundle(bundle, providers="cpu", graph_cache=False).predict(_image())
+    Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root))
+    (entry,) = _entries(root)
+    # A truncated data file (a crash mid-copy, a full disk): the size check rejects it.
+    data = entry / gc.DATA_FILE
+    data.write_bytes(data.read_bytes()[:100])
+    p = Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root)).predict(_image())
+    assert np.array_equal(p.heatmaps_grid, want.heatmaps_grid)
+    (entry,) = _entries(root)
+    assert data.stat().st_size > 100
+    # A garbled graph of the right size: onnxruntime refuses it, the entry is replaced.
+    graph = entry / gc.GRAPH_FILE
+    graph.write_bytes(b"\x00" * graph.stat().st_size)
+    caplog.set_level(logging.WARNING, logger="clipxai")
+    p = Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root)).predict(_image())
+    assert "discarding an unreadable graph cache entry" in caplog.text
+    assert np.array_equal(p.heatmaps_grid, want.heatmaps_grid)
+    assert gc.lookup(root, json.loads((entry / gc.DONE_FILE).read_text())["key"]) is not None
+
+
+def test_key_changes_with_runtime_and_cpu(monkeypatch):
+    key = gc.cache_key("ab" * 32)
+    monkeypatch.setattr(gc.ort, "__version__", "0.0.1")
+    assert gc.cache_key("ab" * 32) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(gc, "cpu_fingerprint", lambda: "other cpu")
+    other = gc.cache_key("ab" * 32)
+    assert other != key and gc.entry_dir(gc.Path("/c"), other) != gc.entry_dir(gc.Path("/c"), key)
+    assert gc.cache_key("cd" * 32) != key
+
+
+def test_foreign_entry_is_not_used(bundle, tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root))
+    (entry,) = _entries(root)
+    monkeypatch.setattr(gc, "cpu_fingerprint", lambda: "another machine")
+    Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root))
+    assert len(_entries(root)) == 2  # a new entry for the new key, the old one untouched
+
+
+def test_unwritable_cache_and_env_switch(bundle, tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    caplog.set_level(logging.WARNING, logger="clipxai")
+    p = Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(blocker / "cache"))
+    assert "not writable" in caplog.text and p.predict(_image()).heatmaps.shape == (3, 37, 53)
+    monkeypatch.setenv("CLIPXAI_GRAPH_CACHE", "0")
+    root = tmp_path / "off"
+    Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root))
+    assert not root.exists()
