@@ -123,7 +123,7 @@ def bundle(tmp_path_factory):
 
 def test_bundle_onnx_matches_autograd_and_manifest(bundle, tiny_model):
     m = read_manifest(bundle.path)
-    assert m["method"] == "grad-eclip"
+    assert m["method"] == "grad-eclip" and m["redundancy"] is None
     assert m["pos_embed_resize"] == {"from_grid": 4, "to_grid": 6, "mode": "bicubic", "align_corners": False,
                                      "antialias": False}
     assert bundle.verification["heatmaps"] <= TOL and bundle.verification["similarity"] <= TOL
@@ -134,6 +134,22 @@ def test_bundle_onnx_matches_autograd_and_manifest(bundle, tiny_model):
     assert np.abs(sim - want_h.numpy()).max() <= TOL
     assert np.abs(maps - want_maps.numpy()).max() <= TOL
     assert np.isfinite(scores).all() and np.allclose(scores.sum(-1), 1, atol=1e-5)
+
+
+def test_redundancy_option_is_refused_for_grad_eclip(tmp_path):
+    with pytest.raises(ClipxaiError, match="--redundancy is a feature-surgery setting"):
+        export_bundle(ExportConfig(output=tmp_path / "x", classes=CLASSES, backbone=TINY.name, pretrained="random",
+                                   method="grad-eclip", redundancy="empty"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_cli_grad_eclip(tmp_path):
+    from clipxai.export.cli import main
+    out = tmp_path / "cli"
+    r = CliRunner().invoke(main, ["--backbone", TINY.name, "--pretrained", "random", "--method", "grad-eclip",
+                                  "--classes", "rocket,sky", "--image-size", "32", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert read_manifest(out)["method"] == "grad-eclip"
 
 
 def test_runtime_and_segment_cli_run_the_bundle(bundle, tmp_path):

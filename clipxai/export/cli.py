@@ -44,12 +44,12 @@ def _human(n: int) -> str:
 @click.option("--pretrained", default="openai", show_default=True,
               help="'openai', an open_clip pretrained tag (e.g. laion2b_s34b_b88k), a checkpoint file, or 'random' (tests only).")
 @click.option("--method", type=click.Choice(METHODS), default="surgery", show_default=True,
-              help="Dense-prediction method baked into the graph.")
+              help="Dense-prediction method baked into the graph: surgery or grad-eclip (README, Methods).")
 @click.option("--classes", "classes_text", help='Comma-separated class names, e.g. "person,bench,sky".')
 @click.option("--classes-file", type=click.Path(dir_okay=False), help="UTF-8 file with one class name per line.")
 @click.option("--image-size", type=int, default=224, show_default=True, help="Square input size of the graph (a multiple of the patch size).")
 @click.option("--redundancy", type=click.Choice(["classes", "empty", "none"]), default=None,
-              help="Feature-surgery mode [default: classes for several classes, empty for one].")
+              help="Feature-surgery mode, --method surgery only [default: classes for several classes, empty for one].")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=True), help="Bundle directory to create.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime-vs-PyTorch check.")

@@ -53,6 +53,17 @@ METHOD_BUILDERS: dict[str, Builder] = {
 assert set(METHOD_BUILDERS) == set(METHODS), "contract.METHODS and METHOD_BUILDERS must list the same methods"
 
 
+# Whether a method applies feature surgery (and so reads --redundancy).
+USES_REDUNDANCY: dict[str, bool] = {"surgery": True, "grad-eclip": False}
+assert set(USES_REDUNDANCY) == set(METHODS)
+
+
+def uses_redundancy(method: str) -> bool:
+    if method not in USES_REDUNDANCY:
+        raise ClipxaiError(f"unknown method {method!r}; choose one of: {', '.join(METHOD_BUILDERS)}")
+    return USES_REDUNDANCY[method]
+
+
 def build_method_graph(method: str, visual: nn.Module, spec: BackboneSpec, image_size: int,
                        redundancy_mode: str) -> MethodGraph:
     try:
