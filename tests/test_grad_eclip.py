@@ -189,3 +189,21 @@ def test_vitb16_closed_form_matches_autograd():
     assert (maps - want_maps).abs().max() <= TOL
     assert want_h.max() > 0
     assert time.perf_counter() - start < 60
+
+
+def test_method_gallery_script(tmp_path):
+    """scripts/method_gallery.py: one captioned row of overlays per method, stamped for random weights."""
+    import importlib.util
+    from PIL import Image
+    from clipxai.contract import METHODS
+    path = Path(__file__).parent.parent / "scripts" / "method_gallery.py"
+    spec = importlib.util.spec_from_file_location("method_gallery", path)
+    gallery = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gallery)
+    written = gallery.make_gallery(tmp_path / "g", "random", TINY.name, ROCKET, CLASSES, 32, width=120)
+    assert [p.name for p in written] == [f"{m}.png" for m in METHODS] + ["methods.png"]
+    row = Image.open(tmp_path / "g" / "grad-eclip.png")
+    assert row.width == 3 * 120 + 2 * 4 and row.height == round(427 * 120 / 640) + 18
+    assert np.asarray(row)[2, 2].tolist() == [200, 0, 0]  # the RANDOM WEIGHTS banner
+    n = len(METHODS)
+    assert Image.open(tmp_path / "g" / "methods.png").height == n * row.height + 6 * (n - 1)
