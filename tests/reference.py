@@ -158,3 +158,60 @@ def similarity_map_to_points(sm, shape, t=0.8, down_sample=2):
         y = min((idx // w + 0.5) * scale_h, shape[0] - 1)
         points.append([int(x), int(y)])
     return points, labels
+
+
+def grad_eclip(sd, image, text, heads, quick_gelu):
+    """Grad-ECLIP with torch.autograd, one image and one class at a time (issue 8's method).
+
+    Blocks 0..L-2 run plainly (all heads); the last block is rerun with one head
+    over the full width, the class token's attention output a is a leaf, and
+    dc_k/da comes from torch.autograd.grad. Positional embeddings are resized
+    bicubically. Returns (H [B, N, K] before normalisation, heatmaps [B, K, g, g]).
+    """
+    conv = sd["visual.conv1.weight"]
+    patch = conv.shape[-1]
+    x = F.conv2d(image, conv, stride=patch)
+    b, c, g, _ = x.shape
+    x = x.reshape(b, c, g * g).permute(0, 2, 1)
+    pos = sd["visual.positional_embedding"]
+    g0 = int(round((pos.shape[0] - 1) ** 0.5))
+    if g0 != g:
+        grid = pos[1:].reshape(1, g0, g0, c).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(g, g), mode="bicubic", align_corners=False)
+        pos = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(g * g, c)])
+    x = torch.cat([sd["visual.class_embedding"].expand(b, 1, c), x], 1) + pos
+    x = _ln(x, sd, "visual.ln_pre")
+    layers = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
+    for i in range(layers - 1):
+        p = f"visual.transformer.resblocks.{i}"
+        x = x + _attn(*_qkv(_ln(x, sd, f"{p}.ln_1"), sd, p, heads), sd, p)
+        x = x + _mlp(_ln(x, sd, f"{p}.ln_2"), sd, p, quick_gelu)
+
+    p = f"visual.transformer.resblocks.{layers - 1}"
+    w_o, b_o = sd[f"{p}.attn.out_proj.weight"], sd[f"{p}.attn.out_proj.bias"]
+    maps = []
+    for img in range(b):
+        xi = x[img]  # [T, C]
+        qkv = F.linear(_ln(xi, sd, f"{p}.ln_1"), sd[f"{p}.attn.in_proj_weight"], sd[f"{p}.attn.in_proj_bias"])
+        q, k, v = qkv[:, :c], qkv[:, c:2 * c], qkv[:, 2 * c:]
+        a = (((q[0] @ k.t()) / c ** 0.5).softmax(-1) @ v).detach().requires_grad_(True)  # [C]
+        z = F.linear(a, w_o, b_o) + xi[0]
+        x_out = z + _mlp(_ln(z, sd, f"{p}.ln_2"), sd, p, quick_gelu)
+        e = _ln(x_out, sd, "visual.ln_post") @ sd["visual.proj"]
+        cos = F.linear(q[0], w_o, b_o)
+        lam = F.cosine_similarity(F.linear(k[1:], w_o, b_o), cos[None], dim=-1)  # [N]
+        lam = (lam - lam.min()) / (lam.max() - lam.min())
+        cols = []
+        for t in text:
+            c_k = (e @ t) / e.norm()
+            grad = torch.autograd.grad(c_k, a, retain_graph=True)[0]
+            cols.append(torch.relu((grad[None, :] * v[1:] * lam[:, None]).sum(-1)).detach())
+        maps.append(torch.stack(cols, -1))  # [N, K]
+    h = torch.stack(maps)
+    heat = torch.zeros_like(h)
+    for i in range(h.shape[0]):
+        for j in range(h.shape[2]):
+            col = h[i, :, j]
+            if col.max() > col.min():
+                heat[i, :, j] = (col - col.min()) / (col.max() - col.min())
+    return h, heat.permute(0, 2, 1).reshape(b, -1, g, g)

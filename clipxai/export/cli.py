@@ -44,12 +44,12 @@ def _human(n: int) -> str:
 @click.option("--pretrained", default="openai", show_default=True,
               help="'openai', an open_clip pretrained tag (e.g. laion2b_s34b_b88k), a checkpoint file, or 'random' (tests only).")
 @click.option("--method", type=click.Choice(METHODS), default="surgery", show_default=True,
-              help="Dense-prediction method baked into the graph.")
+              help="Dense-prediction method baked into the graph: surgery or grad-eclip (README, Methods).")
 @click.option("--classes", "classes_text", help='Comma-separated class names, e.g. "person,bench,sky".')
 @click.option("--classes-file", type=click.Path(dir_okay=False), help="UTF-8 file with one class name per line.")
 @click.option("--image-size", type=int, default=224, show_default=True, help="Square input size of the graph (a multiple of the patch size).")
 @click.option("--redundancy", type=click.Choice(["classes", "empty", "none"]), default=None,
-              help="Feature-surgery mode [default: classes for several classes, empty for one].")
+              help="Feature-surgery mode, --method surgery only [default: classes for several classes, empty for one].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="Graph precision: fp32; int8 for CPUs; fp16 for GPUs/TensorRT. int8 and fp16 are checked "
                    "against fp32 and refused below the fidelity gate (unless --force).")

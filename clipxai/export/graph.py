@@ -18,6 +18,7 @@ from torch import nn
 
 from clipxai.contract import LOGIT_SCALE
 from clipxai.models.feature_surgery import feature_surgery, grid_heatmaps
+from clipxai.models.grad_eclip import GradEclipViT
 from clipxai.models.surgery import SurgeryViT
 
 
@@ -40,6 +41,21 @@ class SurgeryOnnxModel(nn.Module):
         feats = F.normalize(self.vit(image), dim=-1)  # [B, 1+N, D]
         sim = feature_surgery(feats, text, self.mode, redundancy)[:, 1:, :]
         return sim, class_scores(feats[:, 0, :], text), grid_heatmaps(sim, self.grid)
+
+
+class GradEclipOnnxModel(nn.Module):
+    """Grad-ECLIP with the closed-form gradient; the similarity output is the map H
+    before normalisation (segmentation is its argmax); redundancy is unused."""
+
+    def __init__(self, vit: GradEclipViT):
+        super().__init__()
+        self.vit = vit
+        self.image_size = vit.image_size
+        self.grid = vit.grid
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor, redundancy: torch.Tensor):
+        sim, cls_embedding = self.vit(image, text)  # [B, N, K], [B, D]
+        return sim, class_scores(cls_embedding, text), grid_heatmaps(sim, self.grid)
 
 
 class BakedVocabulary(nn.Module):

@@ -14,8 +14,9 @@ from torch import nn
 
 from clipxai.contract import METHODS
 from clipxai.errors import ClipxaiError
-from clipxai.export.graph import SurgeryOnnxModel
+from clipxai.export.graph import GradEclipOnnxModel, SurgeryOnnxModel
 from clipxai.models.backbones import BackboneSpec
+from clipxai.models.grad_eclip import POS_EMBED_MODE, GradEclipViT
 from clipxai.models.surgery import SurgeryViT
 
 
@@ -34,12 +35,33 @@ def _surgery(visual: nn.Module, spec: BackboneSpec, image_size: int, redundancy_
     )
 
 
+def _grad_eclip(visual: nn.Module, spec: BackboneSpec, image_size: int, redundancy_mode: str) -> MethodGraph:
+    vit = GradEclipViT(visual, image_size).eval()
+    g0 = spec.image_size // spec.patch_size
+    return MethodGraph(
+        GradEclipOnnxModel(vit).eval(),
+        {"from_grid": g0, "to_grid": vit.grid, "mode": POS_EMBED_MODE, "align_corners": False, "antialias": False},
+    )
+
+
 Builder = Callable[[nn.Module, BackboneSpec, int, str], MethodGraph]
 
 METHOD_BUILDERS: dict[str, Builder] = {
     "surgery": _surgery,
+    "grad-eclip": _grad_eclip,
 }
 assert set(METHOD_BUILDERS) == set(METHODS), "contract.METHODS and METHOD_BUILDERS must list the same methods"
+
+
+# Whether a method applies feature surgery (and so reads --redundancy).
+USES_REDUNDANCY: dict[str, bool] = {"surgery": True, "grad-eclip": False}
+assert set(USES_REDUNDANCY) == set(METHODS)
+
+
+def uses_redundancy(method: str) -> bool:
+    if method not in USES_REDUNDANCY:
+        raise ClipxaiError(f"unknown method {method!r}; choose one of: {', '.join(METHOD_BUILDERS)}")
+    return USES_REDUNDANCY[method]
 
 
 def build_method_graph(method: str, visual: nn.Module, spec: BackboneSpec, image_size: int,

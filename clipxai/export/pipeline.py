@@ -24,7 +24,7 @@ from clipxai.errors import ClipxaiError, VerificationError
 from clipxai.export.bundle import bundle_size, check_output, finalize_manifest, staged_bundle
 from clipxai.export.fidelity import GATES, gate_failures, load_images, measure_fidelity, synthetic_scenes
 from clipxai.export.graph import BakedVocabulary
-from clipxai.export.methods import build_method_graph
+from clipxai.export.methods import build_method_graph, uses_redundancy
 from clipxai.export.onnx_export import MIN_OPSET, export_onnx
 from clipxai.export.precision import convert
 from clipxai.export.verify import verify_onnx
@@ -107,7 +107,13 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
     start = time.perf_counter()
     output = Path(cfg.output)
     classes = validate_classes(cfg.classes)
-    mode = resolve_redundancy(cfg.redundancy, len(classes))
+    if uses_redundancy(cfg.method):
+        mode = resolve_redundancy(cfg.redundancy, len(classes))
+    elif cfg.redundancy is not None:
+        raise ClipxaiError(f"--redundancy is a feature-surgery setting that --method {cfg.method} does not use; "
+                           "leave it out")
+    else:
+        mode = None  # recorded as null in the manifest
     _validate(cfg)
     choice = resolve_backbone(cfg.backbone)
     spec = choice.spec

@@ -45,12 +45,13 @@ def check_vit_structure(visual: nn.Module) -> None:
         )
 
 
-def resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
+def resize_pos_embed(pos: torch.Tensor, grid: int, mode: str = "bilinear") -> torch.Tensor:
     """Resize [1 + g0², C] positional embeddings to [1 + grid², C].
 
-    Patch embeddings are resized from the original grid with bilinear
-    interpolation (half-pixel centres, align_corners=False, no antialias);
-    the class-token embedding is kept. Never modifies ``pos``.
+    Patch embeddings are resized from the original grid with ``mode``
+    interpolation ("bilinear" or "bicubic"; half-pixel centres,
+    align_corners=False, no antialias); the class-token embedding is kept.
+    Never modifies ``pos``.
     """
     n, c = pos.shape
     g0 = int(round((n - 1) ** 0.5))
@@ -59,9 +60,25 @@ def resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
     if grid == g0:
         return pos.detach().clone()
     patches = pos[1:].reshape(1, g0, g0, c).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches, size=(grid, grid), mode="bilinear", align_corners=False, antialias=False)
+    patches = F.interpolate(patches, size=(grid, grid), mode=mode, align_corners=False, antialias=False)
     patches = patches.permute(0, 2, 3, 1).reshape(grid * grid, c)
     return torch.cat([pos[:1], patches], 0).detach()
+
+
+def embed_tokens(visual: nn.Module, pos_embed: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """[B, 3, S, S] -> ln_pre(class token + patch tokens + pos_embed): [B, 1 + N, C]."""
+    x = visual.conv1(image).flatten(2).transpose(1, 2)  # [B, N, C]
+    cls = visual.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + pos_embed.to(x.dtype)
+    return visual.ln_pre(x)
+
+
+def check_image_size(visual: nn.Module, image_size: int) -> int:
+    """The patch size, after checking image_size is a positive multiple of it."""
+    patch = visual.conv1.kernel_size[0]
+    if image_size <= 0 or image_size % patch:
+        raise ClipxaiError(f"image size {image_size} is not a positive multiple of the patch size {patch}")
+    return patch
 
 
 class SurgeryViT(nn.Module):
@@ -75,9 +92,7 @@ class SurgeryViT(nn.Module):
     def __init__(self, visual: nn.Module, image_size: int, surgery_blocks: int = 6):
         super().__init__()
         check_vit_structure(visual)
-        patch = visual.conv1.kernel_size[0]
-        if image_size <= 0 or image_size % patch:
-            raise ClipxaiError(f"image size {image_size} is not a positive multiple of the patch size {patch}")
+        patch = check_image_size(visual, image_size)
         layers = len(visual.transformer.resblocks)
         if not 1 <= surgery_blocks <= layers:
             raise ClipxaiError(f"surgery_blocks must be in 1..{layers}, got {surgery_blocks}")
@@ -91,11 +106,7 @@ class SurgeryViT(nn.Module):
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] -> ln_pre(patch tokens + class token + pos): [B, 1 + N, C]."""
-        v = self.visual
-        x = v.conv1(image).flatten(2).transpose(1, 2)  # [B, N, C]
-        cls = v.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)
-        return v.ln_pre(x)
+        return embed_tokens(self.visual, self.pos_embed, image)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         blocks = self.visual.transformer.resblocks

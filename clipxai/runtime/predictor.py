@@ -29,7 +29,8 @@ log = logging.getLogger("clipxai")
 class Prediction:
     """What the graph says about one image.
 
-    similarity: float32 [N, K] patch-token similarity after feature surgery.
+    similarity: float32 [N, K] per-patch class evidence: surgery's patch-token similarity
+        after feature surgery, or grad-eclip's map before normalisation.
     scores: float32 [K] zero-shot class probabilities from the class token.
     heatmaps_grid: float32 [K, g, g] per-class min-max maps on the token grid.
     size: (H, W) of the original image.
