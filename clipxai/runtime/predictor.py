@@ -20,7 +20,8 @@ from clipxai.errors import ClipxaiError
 from clipxai.runtime.bundle import Bundle, check_graph_io, load_bundle
 from clipxai.runtime.postprocess import points_from_map, resize_bilinear, segment
 from clipxai.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageInput, open_image, preprocess
-from clipxai.runtime.providers import ProviderSpec, SessionOptions, create_session
+from clipxai.runtime.backends import open_session
+from clipxai.runtime.providers import ProviderSpec
 
 log = logging.getLogger("clipxai")
 
@@ -102,17 +103,21 @@ class Predictor:
     @classmethod
     def from_bundle(cls, path: str | Path, providers: ProviderSpec = "auto", threads: int | None = None,
                     trt_fp16: bool = False, trt_cache_dir: str | None = None,
-                    max_pixels: int = DEFAULT_MAX_PIXELS, background_threshold: float | None = None) -> "Predictor":
+                    max_pixels: int = DEFAULT_MAX_PIXELS, background_threshold: float | None = None,
+                    backend: str = "onnxruntime", engine: str | Path | None = None) -> "Predictor":
         """Check the bundle (schema, digests, paths, graph IO), then open a session.
 
         providers: "auto" (TensorRT > CUDA > CPU, logged), "cpu", "cuda", "tensorrt",
         or an onnxruntime provider list. threads: intra-op threads.
+        backend: "onnxruntime" or "tensorrt" (a native engine from jetson/build_engine.sh;
+        ``engine`` names one, else the one of this machine's key). trt_cache_dir: TensorRT
+        engine cache root (default BUNDLE/engines or the user cache; "off" disables it).
         """
         bundle = load_bundle(path)
         if background_threshold is not None and not 0.0 <= background_threshold <= 1.0:
             raise ClipxaiError(f"background_threshold must be in [0, 1], got {background_threshold}")
-        session = create_session(bundle.model_path, providers,
-                                 SessionOptions(threads=threads, trt_fp16=trt_fp16, trt_cache_dir=trt_cache_dir))
+        # backends.py: provider/engine choice, keyed TensorRT engine cache, IO binding on GPUs
+        session = open_session(bundle, backend, providers, threads, trt_fp16, trt_cache_dir, engine)
         check_graph_io(bundle, session)
         log.info("loaded %s: %s on %s, %d classes, %dx%d", bundle.path, bundle.manifest["backbone"]["name"],
                  session.get_providers()[0], len(bundle.classes), bundle.image_size, bundle.image_size)
