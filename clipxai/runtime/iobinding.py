@@ -29,9 +29,10 @@ def maybe_bind(session, device_id: int = 0):
 class BoundSession:
     """An InferenceSession run through IO binding on CUDA device ``device_id``."""
 
-    def __init__(self, session, device_id: int = 0):
+    def __init__(self, session, device_id: int = 0, device: str = "cuda"):
         self._session = session
         self._device_id = int(device_id)
+        self._device = device  # "cuda"; "cpu" only to test the binding logic without a GPU
         self._inputs: dict[tuple, object] = {}
 
     def __getattr__(self, name):
@@ -58,11 +59,13 @@ class BoundSession:
             if value is not None and hasattr(value, "update_inplace"):
                 value.update_inplace(array)  # host -> device copy into the existing buffer
             else:
-                value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", self._device_id)
+                value = ort.OrtValue.ortvalue_from_numpy(array, self._device, self._device_id)
+                if len(self._inputs) >= 8:  # a few batch shapes in use; don't hold device memory forever
+                    self._inputs.clear()
                 self._inputs[slot] = value
             io.bind_ortvalue_input(name, value)
         for name in names:
-            io.bind_output(name, "cuda", self._device_id)
+            io.bind_output(name, self._device, self._device_id)
         t1 = time.perf_counter()
         self._session.run_with_iobinding(io, run_options)
         io.synchronize_outputs()
