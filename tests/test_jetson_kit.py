@@ -207,6 +207,10 @@ def test_foreign_engine_is_never_reused(bundle_copy, fake_machine):
 def test_ort_tensorrt_cache_dir(bundle_copy, fake_machine, monkeypatch, tmp_path):
     import onnxruntime as ort
     b = load_bundle(bundle_copy)
+    # without a TensorRT provider there is no cache (resolve_providers reports the missing provider)
+    if TRT not in ort.get_available_providers():
+        assert engine_cache.ort_trt_cache_dir(b, "tensorrt", None, False) is None
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TRT, "CPUExecutionProvider"])
     assert engine_cache.ort_trt_cache_dir(b, "cpu", None, False) is None
     assert engine_cache.ort_trt_cache_dir(b, [TRT], "off", False) is None
     d32 = Path(engine_cache.ort_trt_cache_dir(b, [TRT, "CPUExecutionProvider"], None, False))

@@ -131,14 +131,18 @@ def matches(d: Path, key: EngineKey) -> bool:
 
 
 def uses_tensorrt(providers) -> bool:
-    """Whether this provider spec puts onnxruntime's TensorRT provider (with our options) in the session."""
+    """Whether this provider spec puts onnxruntime's TensorRT provider (with our options) in the session.
+
+    False when this onnxruntime has no TensorRT provider: resolve_providers then reports that.
+    """
+    import onnxruntime as ort
+
     from clipxai.runtime.providers import ALIASES, TRT
+    if TRT not in ort.get_available_providers():
+        return False
     if isinstance(providers, str):
         key = providers.lower()
-        if key == "auto":
-            import onnxruntime as ort
-            return TRT in ort.get_available_providers()
-        return ALIASES.get(key) == TRT
+        return key == "auto" or ALIASES.get(key) == TRT
     return any(p == TRT for p in providers)  # (name, options) tuples carry their own options
 
 
