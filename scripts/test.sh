@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up a virtual environment (.venv) with the exporter and test extras, then run
-# the whole test suite, slow full-size checks included. Extra args go to pytest.
+# the whole test suite, slow full-size checks included, except the tests marked gpu
+# (they need an NVIDIA GPU with onnxruntime-gpu; run them with: scripts/test.sh -m gpu).
+# Extra args go to pytest (a later -m replaces the default "not gpu").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${CLIPXAI_VENV:-.venv}"
@@ -9,4 +11,4 @@ LOG="$VENV/pip-install.log"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip > "$LOG" 2>&1 || { cat "$LOG"; exit 1; }
 # constraints.txt pins the versions the suite was last run with.
 "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[export,test]" >> "$LOG" 2>&1 || { cat "$LOG"; exit 1; }
-exec "$VENV/bin/python" -m pytest "$@"
+exec "$VENV/bin/python" -m pytest -m "not gpu" "$@"

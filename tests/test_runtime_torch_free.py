@@ -28,7 +28,14 @@ SCRIPT = textwrap.dedent("""
     sys.meta_path.insert(0, Block())
     from clipxai.runtime import Predictor
     from clipxai.runtime.cli import main
+    # the NVIDIA kit's modules import, and the trtexec mapping reads the graph, without torch or onnx
+    from clipxai.runtime import (backends, benchmark, engine_cache, gpu_info, iobinding, onnx_nodes,  # noqa: F401
+                                 tensorrt_backend, trt_args)
+    from clipxai.runtime.bundle import load_bundle
+    b = load_bundle(sys.argv[1])
+    assert trt_args.plan_from_manifest(b.manifest, b.model_path, precision="fp16").fp32_layers
     p = Predictor.from_bundle(sys.argv[1], providers="cpu")
+    assert benchmark.time_batch(p, [sys.argv[2]])["compute_ms"] > 0
     pred = p.predict(sys.argv[2])
     seg = pred.segmentation
     coords, labels = pred.points(0)

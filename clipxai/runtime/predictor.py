@@ -15,12 +15,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from clipxai.contract import INPUT_IMAGE, MODEL_FILE, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
+from clipxai.contract import INPUT_IMAGE, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
 from clipxai.errors import ClipxaiError
 from clipxai.runtime.bundle import Bundle, check_graph_io, load_bundle
 from clipxai.runtime.postprocess import points_from_map, resize_bilinear, segment
 from clipxai.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageInput, open_image, preprocess
-from clipxai.runtime.providers import ProviderSpec, SessionOptions, create_session
+from clipxai.runtime.backends import open_session
+from clipxai.runtime.providers import ProviderSpec
 
 log = logging.getLogger("clipxai")
 
@@ -104,21 +105,24 @@ class Predictor:
     def from_bundle(cls, path: str | Path, providers: ProviderSpec = "auto", threads: int | None = None,
                     trt_fp16: bool = False, trt_cache_dir: str | None = None,
                     max_pixels: int = DEFAULT_MAX_PIXELS, background_threshold: float | None = None,
+                    backend: str = "onnxruntime", engine: str | Path | None = None,
                     graph_cache: bool = True, cache_dir: str | None = None) -> "Predictor":
         """Check the bundle (schema, digests, paths, graph IO), then open a session.
 
         providers: "auto" (TensorRT > CUDA > CPU, logged), "cpu", "cuda", "tensorrt",
-        or an onnxruntime provider list. threads: intra-op threads (default: one per core).
+        or an onnxruntime provider list. threads: intra-op threads.
+        backend: "onnxruntime" or "tensorrt" (a native engine from jetson/build_engine.sh;
+        ``engine`` names one, else the one of this machine's key). trt_cache_dir: TensorRT
+        engine cache root (default BUNDLE/engines or the user cache; "off" disables it).
         graph_cache: on the CPU, keep onnxruntime's optimized, prepacked graph in
         ``cache_dir`` (default ~/.cache/clipxai) so later loads are faster and lighter.
         """
         bundle = load_bundle(path)
         if background_threshold is not None and not 0.0 <= background_threshold <= 1.0:
             raise ClipxaiError(f"background_threshold must be in [0, 1], got {background_threshold}")
-        options = SessionOptions(threads=threads, trt_fp16=trt_fp16, trt_cache_dir=trt_cache_dir,
-                                 graph_cache=graph_cache, cache_dir=cache_dir)
-        session = create_session(bundle.model_path, providers, options,
-                                 model_sha256=bundle.manifest["files"][MODEL_FILE]["sha256"])
+        # backends.py: provider/engine choice, keyed TensorRT engine cache, IO binding on GPUs
+        session = open_session(bundle, backend, providers, threads, trt_fp16, trt_cache_dir, engine,
+                               graph_cache=graph_cache, cache_dir=cache_dir)
         check_graph_io(bundle, session)
         log.info("loaded %s: %s on %s, %d classes, %dx%d", bundle.path, bundle.manifest["backbone"]["name"],
                  session.get_providers()[0], len(bundle.classes), bundle.image_size, bundle.image_size)

@@ -73,9 +73,12 @@ def resolve_providers(providers: ProviderSpec, options: SessionOptions = Session
         name = p[0] if isinstance(p, tuple) else p
         if name == TRT and not isinstance(p, tuple):
             opts = {"trt_fp16_enable": options.trt_fp16}
-            if options.trt_cache_dir:
+            if options.trt_fp16:  # keep LayerNorm's Pow/Reduce in fp32 (CLIP overflows in fp16)
+                opts["trt_layer_norm_fp32_fallback"] = True
+            if options.trt_cache_dir:  # a per-key folder (engine_cache.py): only this key's engines in it
                 Path(options.trt_cache_dir).mkdir(parents=True, exist_ok=True)
-                opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(options.trt_cache_dir))
+                opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(options.trt_cache_dir),
+                            trt_timing_cache_enable=True, trt_timing_cache_path=str(options.trt_cache_dir))
             out.append((TRT, opts))
         else:
             out.append(p)

@@ -1,0 +1,163 @@
+"""Latency split of the runtime: preprocessing, host-to-device, compute, device-to-host, postprocessing.
+
+    python -m clipxai.runtime.benchmark BUNDLE --providers cuda --batch 1 --batch 4 --runs 50
+
+Every phase uses the functions ``Predictor._run`` uses, on the Predictor's own
+session: ``open_image`` + ``preprocess`` into a batch buffer; the session's
+``run_timed`` (IO binding on CUDA/TensorRT: ``iobinding.BoundSession``; CUDA
+events in the native TensorRT backend), which times the two copies and the
+compute apart; then ``Prediction`` with its full-size heatmaps and
+segmentation. On the CPU provider there are no device copies: those columns
+read "n/a" and compute is the whole ``session.run``. Figures are medians over
+``runs`` timed runs after ``warmup`` untimed ones, per batch (not per image).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from clipxai.contract import INPUT_IMAGE, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
+from clipxai.errors import ClipxaiError
+
+PHASES = ("pre_ms", "h2d_ms", "compute_ms", "d2h_ms", "post_ms")
+OUTPUTS = [OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS]
+TABLE_START = "<!-- latency-table:start -->"
+TABLE_END = "<!-- latency-table:end -->"
+
+
+def time_batch(predictor, images: list) -> dict:
+    """One batch through the Predictor's pipeline, phase by phase (ms; None where not applicable)."""
+    from clipxai.runtime.predictor import Prediction
+    from clipxai.runtime.preprocess import open_image, preprocess
+    b, s = predictor.bundle, predictor.bundle.image_size
+    t0 = time.perf_counter()
+    pil = [open_image(im, predictor.max_pixels) for im in images]
+    x = np.empty((len(pil), 3, s, s), np.float32)
+    for i, im in enumerate(pil):
+        preprocess(im, s, b.mean, b.std, out=x[i])
+    t1 = time.perf_counter()
+    session = predictor.session
+    if hasattr(session, "run_timed"):
+        (sim, scores, maps), copy = session.run_timed(OUTPUTS, {INPUT_IMAGE: x})
+    else:
+        tc = time.perf_counter()
+        sim, scores, maps = session.run(OUTPUTS, {INPUT_IMAGE: x})
+        copy = {"h2d_ms": None, "compute_ms": (time.perf_counter() - tc) * 1e3, "d2h_ms": None}
+    t2 = time.perf_counter()
+    for i, im in enumerate(pil):
+        pred = Prediction(b.classes, sim[i], scores[i], maps[i], (im.height, im.width), predictor.background_threshold)
+        _ = pred.heatmaps, pred.segmentation
+    t3 = time.perf_counter()
+    return {"pre_ms": (t1 - t0) * 1e3, **copy, "post_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
+
+
+def benchmark(predictor, image, batch_sizes=(1, 4), runs: int = 20, warmup: int = 3) -> list[dict]:
+    """Median phase times per batch size: [{"batch", "pre_ms", ..., "total_ms", "images_per_s"}]."""
+    if runs < 1 or warmup < 0:
+        raise ClipxaiError("runs must be >= 1 and warmup >= 0")
+    rows = []
+    for bs in batch_sizes:
+        images = [image] * bs
+        for _ in range(warmup):
+            time_batch(predictor, images)
+        samples = [time_batch(predictor, images) for _ in range(runs)]
+        row = {"batch": bs}
+        for k in (*PHASES, "total_ms"):
+            vals = [smp[k] for smp in samples if smp[k] is not None]
+            row[k] = statistics.median(vals) if vals else None
+        row["images_per_s"] = 1000.0 * bs / row["total_ms"]
+        rows.append(row)
+    return rows
+
+
+def describe_device(predictor) -> str:
+    provider = predictor.provider
+    if provider == "CPUExecutionProvider":
+        return f"CPU {platform.machine()} ({platform.processor() or 'unknown model'})"
+    try:
+        from clipxai.runtime import gpu_info
+        return gpu_info.gpu().label
+    except ClipxaiError:
+        return "unknown GPU"
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def format_rows(rows: list[dict], meta: dict) -> list[str]:
+    """Markdown table lines, one per (configuration, batch)."""
+    return [f"| {meta['device']} | {meta['power_mode']} | {meta['backend']} | {meta['precision']} | "
+            f"{meta['image_size']} | {r['batch']} | " + " | ".join(_fmt(r[k]) for k in PHASES)
+            + f" | {_fmt(r['total_ms'])} | {r['images_per_s']:.1f} |" for r in rows]
+
+
+TABLE_HEADER = [
+    "| device | power mode | backend / provider | precision | size | batch | pre ms | H2D ms | compute ms "
+    "| D2H ms | post ms | total ms | img/s |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def write_table(readme: str | Path, lines: list[str], note: str) -> None:
+    """Replace the block between TABLE_START and TABLE_END in ``readme`` with a table of ``lines``."""
+    path = Path(readme)
+    text = path.read_text(encoding="utf-8")
+    if TABLE_START not in text or TABLE_END not in text:
+        raise ClipxaiError(f"{path}: no {TABLE_START} ... {TABLE_END} block to write the table into")
+    head, rest = text.split(TABLE_START, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    block = "\n".join([TABLE_START, note, "", *TABLE_HEADER, *lines, TABLE_END])
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(head + block + tail, encoding="utf-8")
+    tmp.replace(path)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("bundle", type=click.Path())
+@click.option("--image", type=click.Path(dir_okay=False), default=None,
+              help="Image to run [examples/rocket.jpg of a source checkout, else a 640x480 gray image].")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
+@click.option("--providers", default="auto", show_default=True, help="onnxruntime: auto, cpu, cuda or tensorrt.")
+@click.option("--trt-fp16", is_flag=True, help="fp16 TensorRT engine from an fp32 bundle.")
+@click.option("--batch", "batches", type=click.IntRange(1), multiple=True, default=(1, 4), show_default=True)
+@click.option("--runs", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--warmup", type=click.IntRange(0), default=3, show_default=True)
+@click.option("--power-mode", default="n/a", show_default=True, help="Power mode to print with the figures "
+              "(benchmark.sh passes the nvpmodel mode and jetson_clocks state).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write rows as JSON.")
+def main(bundle, image, backend, providers, trt_fp16, batches, runs, warmup, power_mode, json_out):
+    """Print the latency split of BUNDLE on this machine as a markdown table."""
+    from PIL import Image
+
+    from clipxai.runtime.predictor import Predictor
+    try:
+        p = Predictor.from_bundle(bundle, providers=providers, trt_fp16=trt_fp16, backend=backend)
+        if image is None:
+            rocket = Path(__file__).resolve().parents[2] / "examples" / "rocket.jpg"
+            image = str(rocket) if rocket.is_file() else Image.new("RGB", (640, 480), (128, 128, 128))
+        rows = benchmark(p, image, batches, runs, warmup)
+    except ClipxaiError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    precision = p.bundle.manifest["precision"] + ("->fp16 engine" if trt_fp16 else "")
+    meta = {"device": describe_device(p), "power_mode": power_mode,
+            "backend": p.provider if backend == "onnxruntime" else "tensorrt (native)",
+            "precision": precision, "image_size": p.bundle.image_size}
+    if p.provider == "CPUExecutionProvider":
+        click.echo("note: CPU provider: no device copies, H2D/D2H are n/a and compute is the whole session.run")
+    click.echo("\n".join([*TABLE_HEADER, *format_rows(rows, meta)]))
+    if json_out:
+        Path(json_out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

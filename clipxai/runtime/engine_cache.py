@@ -1,0 +1,178 @@
+"""TensorRT engine cache: one subdirectory per cache key, so nothing foreign is ever loaded.
+
+A serialized TensorRT engine is valid only for the TensorRT version and GPU it
+was built on, the precision it was built in and the graph it was built from.
+onnxruntime's TensorRT provider does not check all of that itself (its docs ask
+the user to clear the cache when TensorRT changes), and a ``.engine`` copied
+from another device fails or, worse, misbehaves. So every engine lives in
+
+    <root>/<builder>__trt<version>__<gpu>__<precision>__<model sha256[:16]>/
+
+with a ``key.json`` holding the full key. onnxruntime only ever gets the
+directory of the current key (so a stale or foreign engine is rebuilt, never
+loaded), and a directory whose ``key.json`` disagrees with its name's key is
+emptied before use. ``root`` is ``BUNDLE/engines`` when the bundle directory is
+writable, else ``~/.cache/clipxai/engines/<model sha256[:16]>`` (or a folder the
+user names).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from clipxai.errors import ClipxaiError
+
+log = logging.getLogger("clipxai")
+
+ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
+ENGINES_DIR = "engines"
+KEY_FILE = "key.json"
+ENGINE_FILE = "model.engine"
+TRTEXEC = "trtexec"
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """builder: "trtexec" (build_engine.sh, read by the native backend) or "ort<version>"
+    (onnxruntime's TensorRT provider). gpu: ``Gpu.label`` (name and compute capability)."""
+
+    builder: str
+    trt_version: str
+    gpu: str
+    precision: str
+    model_sha256: str
+
+    def __post_init__(self):
+        if self.precision not in ENGINE_PRECISIONS:
+            raise ClipxaiError(f"engine precision {self.precision!r} is not one of {', '.join(ENGINE_PRECISIONS)}")
+
+    def slug(self) -> str:
+        parts = (self.builder, f"trt{self.trt_version}", self.gpu, self.precision, self.model_sha256[:16])
+        return "__".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p).strip("-") for p in parts)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def engine_precision(bundle_precision: str, trt_fp16: bool = False) -> str:
+    """Precision the engine is built in: the bundle's, or fp16 for an fp32 bundle with trt_fp16."""
+    if bundle_precision not in ENGINE_PRECISIONS:
+        raise ClipxaiError(f"bundle precision {bundle_precision!r} is not one of {', '.join(ENGINE_PRECISIONS)}")
+    return "fp16" if (trt_fp16 and bundle_precision == "fp32") else bundle_precision
+
+
+def model_sha256(bundle) -> str:
+    from clipxai.contract import MODEL_FILE
+    return bundle.manifest["files"][MODEL_FILE]["sha256"]
+
+
+def current_key(bundle, builder: str, precision: str, device_id: int = 0,
+                trt_version: str | None = None, gpu_label: str | None = None) -> EngineKey:
+    """The key for this machine (TensorRT version and GPU detected unless given)."""
+    from clipxai.runtime import gpu_info
+    return EngineKey(builder=builder,
+                     trt_version=trt_version or gpu_info.tensorrt_version(),
+                     gpu=gpu_label or gpu_info.gpu(device_id).label,
+                     precision=precision,
+                     model_sha256=model_sha256(bundle))
+
+
+def user_cache_root() -> Path:
+    base = os.environ.get("CLIPXAI_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "clipxai")
+    return Path(base) / ENGINES_DIR
+
+
+def default_root(bundle) -> Path:
+    """BUNDLE/engines if the bundle directory is writable, else the user cache (per model digest)."""
+    inside = Path(bundle.path) / ENGINES_DIR
+    if os.access(inside if inside.is_dir() else bundle.path, os.W_OK):
+        return inside
+    return user_cache_root() / model_sha256(bundle)[:16]
+
+
+def key_dir(root: str | Path, key: EngineKey, create: bool = True) -> Path:
+    """The directory for ``key`` under ``root``; a directory holding another key's files is emptied."""
+    d = Path(root) / key.slug()
+    want = key.as_dict()
+    if d.is_dir():
+        try:
+            have = json.loads((d / KEY_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            have = None
+        if have != want:
+            if not create:
+                return d
+            log.warning("engine cache %s holds engines for another key (%s); rebuilding", d, have)
+            shutil.rmtree(d)
+    if create and not d.is_dir():
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = d / f".{KEY_FILE}.partial"
+            tmp.write_text(json.dumps(want, indent=2, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, d / KEY_FILE)
+        except OSError as e:
+            raise ClipxaiError(f"cannot create the TensorRT engine cache {d} ({e}); pass a writable cache folder")
+    return d
+
+
+def matches(d: Path, key: EngineKey) -> bool:
+    """Whether directory ``d`` really holds engines for ``key``."""
+    try:
+        return json.loads((Path(d) / KEY_FILE).read_text(encoding="utf-8")) == key.as_dict()
+    except (OSError, ValueError):
+        return False
+
+
+def uses_tensorrt(providers) -> bool:
+    """Whether this provider spec puts onnxruntime's TensorRT provider (with our options) in the session.
+
+    False when this onnxruntime has no TensorRT provider: resolve_providers then reports that.
+    """
+    import onnxruntime as ort
+
+    from clipxai.runtime.providers import ALIASES, TRT
+    if TRT not in ort.get_available_providers():
+        return False
+    if isinstance(providers, str):
+        key = providers.lower()
+        return key == "auto" or ALIASES.get(key) == TRT
+    return any(p == TRT for p in providers)  # (name, options) tuples carry their own options
+
+
+def ort_trt_cache_dir(bundle, providers, trt_cache: str | None, trt_fp16: bool,
+                      device_id: int = 0) -> str | None:
+    """Engine cache folder for onnxruntime's TensorRT provider, or None when it is not used.
+
+    trt_cache: None (default root, see module docstring), "off" (no cache: engines are
+    built at every start) or a folder to use as the root.
+    """
+    if trt_cache == "off" or not uses_tensorrt(providers):
+        return None
+    import onnxruntime as ort
+    root = default_root(bundle) if trt_cache is None else Path(trt_cache)
+    key = current_key(bundle, f"ort{ort.__version__}", engine_precision(bundle.manifest["precision"], trt_fp16),
+                      device_id)
+    return str(key_dir(root, key))
+
+
+def find_engine(bundle, precision: str, root: str | Path | None = None, device_id: int = 0) -> Path:
+    """The engine build_engine.sh wrote for this machine's key; ClipxaiError if none or foreign."""
+    key = current_key(bundle, TRTEXEC, precision, device_id)
+    d = (default_root(bundle) if root is None else Path(root)) / key.slug()
+    engine = d / ENGINE_FILE
+    if not engine.is_file():
+        raise ClipxaiError(f"no TensorRT engine for {key.gpu}, TensorRT {key.trt_version}, {precision} at {engine}; "
+                           f"build it with: jetson/build_engine.sh {bundle.path}"
+                           + (" --precision fp16" if precision == "fp16" and bundle.manifest["precision"] == "fp32"
+                              else ""))
+    if not matches(d, key):
+        raise ClipxaiError(f"{engine}: its {KEY_FILE} does not match this machine's key; it was built elsewhere "
+                           f"or for another model. Rebuild with jetson/build_engine.sh {bundle.path}")
+    return engine

@@ -1,0 +1,179 @@
+"""Bundle manifest -> trtexec arguments (torch-free; used by jetson/build_engine.sh).
+
+    python -m clipxai.runtime.trt_args BUNDLE [--precision fp16] [--max-batch 4] [--emit args]
+
+Shapes come from the manifest (input ``image`` [batch, 3, S, S]; a dynamic batch
+gets a min/opt/max optimisation profile), the precision from the manifest
+unless lowered with ``--precision fp16`` (fp32 bundle -> fp16 engine).
+
+fp16 and int8 engines keep the numerically fragile layers in fp32: every node
+whose op type is in ``FP32_OPS`` (LayerNorm, softmax, the L2 / min-max
+normalisations and their reductions, pow/sqrt/div/sub) is pinned with
+``--precisionConstraints=obey --layerPrecisions=NAME:fp32 --layerOutputTypes=NAME:fp32``.
+TensorRT's ONNX parser names a layer after its ONNX node, so the node names
+are the layer names. ``--fp32-layers none`` drops the constraints (user
+override); ``--fp32-layers a,b`` pins exactly the named layers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from clipxai.contract import INPUT_IMAGE, MODEL_FILE
+from clipxai.errors import ClipxaiError
+from clipxai.runtime import engine_cache
+from clipxai.runtime.onnx_nodes import Node, read_nodes
+
+FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceL2", "ReduceSumSquare", "ReduceMin",
+            "ReduceMax", "LpNormalization", "Pow", "Sqrt", "Div", "Sub")
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What trtexec is asked to build. Batch bounds are inclusive; fp32_layers are layer names."""
+
+    onnx: Path
+    precision: str
+    image_size: int
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+    fp32_layers: tuple[str, ...] = field(default=())
+
+    def shape(self, batch: int) -> str:
+        return f"{INPUT_IMAGE}:{batch}x3x{self.image_size}x{self.image_size}"
+
+    def trtexec_args(self) -> list[str]:
+        """trtexec arguments (without --saveEngine, which the caller adds)."""
+        args = [f"--onnx={self.onnx}", f"--minShapes={self.shape(self.min_batch)}",
+                f"--optShapes={self.shape(self.opt_batch)}", f"--maxShapes={self.shape(self.max_batch)}"]
+        if self.precision == "fp16":
+            args.append("--fp16")
+        elif self.precision == "int8":
+            args += ["--int8", "--fp16"]  # explicit Q/DQ graph; unquantized layers may use fp16
+        if self.precision != "fp32" and self.fp32_layers:
+            pinned = ",".join(f"{name}:fp32" for name in self.fp32_layers)
+            args += ["--precisionConstraints=obey", f"--layerPrecisions={pinned}", f"--layerOutputTypes={pinned}"]
+        return args
+
+
+DEFAULT_MAX_BATCH = 4
+
+
+def _batch_bounds(manifest: dict, min_batch: int | None, opt_batch: int | None,
+                  max_batch: int | None) -> tuple[int, int, int]:
+    shape = manifest["graph"]["inputs"][INPUT_IMAGE]["shape"]
+    if isinstance(shape[0], int):  # a graph exported with a fixed batch
+        asked = {b for b in (min_batch, opt_batch, max_batch) if b is not None}
+        if asked - {shape[0]}:
+            raise ClipxaiError(f"the graph has a fixed batch of {shape[0]}; drop the batch options")
+        return shape[0], shape[0], shape[0]
+    lo = 1 if min_batch is None else min_batch
+    hi = max(DEFAULT_MAX_BATCH, lo) if max_batch is None else max_batch
+    opt = lo if opt_batch is None else opt_batch
+    if not 1 <= lo <= opt <= hi:
+        raise ClipxaiError(f"batch bounds must satisfy 1 <= min ({lo}) <= opt ({opt}) <= max ({hi})")
+    return lo, opt, hi
+
+
+def plan_from_manifest(manifest: dict, onnx_path: str | Path, precision: str | None = None,
+                       min_batch: int | None = None, opt_batch: int | None = None, max_batch: int | None = None,
+                       fp32_layers: str = "auto", nodes: list[Node] | None = None) -> BuildPlan:
+    """Map a manifest (and the graph's nodes) to a BuildPlan; ClipxaiError on anything unbuildable.
+
+    precision: None -> the manifest's; "fp16" may lower an fp32 bundle. fp32_layers: "auto"
+    (nodes whose op type is in FP32_OPS), "none", or comma-separated layer names.
+    """
+    bundle_precision = manifest.get("precision", "fp32")
+    if bundle_precision not in engine_cache.ENGINE_PRECISIONS:
+        raise ClipxaiError(f"bundle precision {bundle_precision!r} cannot be built into an engine "
+                           f"(supported: {', '.join(engine_cache.ENGINE_PRECISIONS)})")
+    target = precision or bundle_precision
+    if target not in engine_cache.ENGINE_PRECISIONS:
+        raise ClipxaiError(f"--precision {target!r}: use one of {', '.join(engine_cache.ENGINE_PRECISIONS)}")
+    allowed = {"fp32": ("fp32", "fp16"), "fp16": ("fp16",), "int8": ("int8",)}[bundle_precision]
+    if target not in allowed:
+        raise ClipxaiError(f"a {bundle_precision} bundle builds {' or '.join(allowed)} engines, not {target}; "
+                           f"export a {target} bundle instead (clipxai-export --precision {target})")
+    s = int(manifest["image_size"])
+    shape = manifest["graph"]["inputs"][INPUT_IMAGE]["shape"]
+    if list(shape[1:]) != [3, s, s]:
+        raise ClipxaiError(f"manifest input {INPUT_IMAGE} has shape {shape}, expected [batch, 3, {s}, {s}]; "
+                           "re-export the bundle")
+    lo, opt, hi = _batch_bounds(manifest, min_batch, opt_batch, max_batch)
+    if nodes is None and (target != "fp32" or fp32_layers == "auto"):
+        nodes = read_nodes(onnx_path)
+    if target == "int8" and not any(n.op_type in QDQ_OPS for n in nodes):
+        raise ClipxaiError("this int8 bundle has no QuantizeLinear/DequantizeLinear nodes; TensorRT builds only "
+                           "explicitly quantized (Q/DQ) int8 graphs. Use an fp16 engine, or export with Q/DQ")
+    if target == "fp32" or fp32_layers == "none":
+        pinned: tuple[str, ...] = ()
+    elif fp32_layers == "auto":
+        pinned = tuple(n.name for n in nodes if n.op_type in FP32_OPS and n.name)
+    else:
+        pinned = tuple(x.strip() for x in fp32_layers.split(",") if x.strip())
+        known = {n.name for n in nodes}
+        unknown = [x for x in pinned if x not in known]
+        if unknown:
+            raise ClipxaiError(f"--fp32-layers: no node named {unknown[0]!r} in the graph")
+        if any(("," in x or ":" in x) for x in pinned):
+            raise ClipxaiError("--fp32-layers: layer names with ',' or ':' cannot be passed to trtexec")
+    if any(("," in x or ":" in x) for x in pinned):
+        raise ClipxaiError("a graph node name contains ',' or ':', which trtexec cannot parse; re-export the bundle")
+    return BuildPlan(Path(onnx_path), target, s, lo, opt, hi, pinned)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("bundle", type=click.Path())
+@click.option("--precision", type=click.Choice(engine_cache.ENGINE_PRECISIONS), default=None,
+              help="Engine precision (default: the bundle's; fp16 may lower an fp32 bundle).")
+@click.option("--min-batch", type=click.IntRange(1), default=None, help="Smallest batch [1].")
+@click.option("--opt-batch", type=click.IntRange(1), default=None, help="Batch TensorRT tunes for [min-batch].")
+@click.option("--max-batch", type=click.IntRange(1), default=None, help="Largest batch [4].")
+@click.option("--fp32-layers", default="auto", show_default=True,
+              help="auto (LayerNorm, softmax, normalisations), none, or comma-separated layer names.")
+@click.option("--engine-root", type=click.Path(file_okay=False), default=None,
+              help="Engine folder root [BUNDLE/engines, or the user cache if the bundle is read-only].")
+@click.option("--emit", type=click.Choice(["args", "engine-dir", "record"]), default="args", show_default=True,
+              help="args: trtexec arguments, one a line; engine-dir: create and print the key's folder; "
+                   "record: write engine.json there after a successful build.")
+@click.option("--trt-version", default=None, help="Override the detected TensorRT version (cross-checks only).")
+@click.option("--gpu", "gpu_label", default=None, help="Override the detected GPU label (cross-checks only).")
+def main(bundle, precision, min_batch, opt_batch, max_batch, fp32_layers, engine_root, emit, trt_version, gpu_label):
+    """Print trtexec arguments for BUNDLE, or the engine folder for this machine's key."""
+    from clipxai.runtime.bundle import load_bundle
+    try:
+        b = load_bundle(bundle)
+        plan = plan_from_manifest(b.manifest, b.path / MODEL_FILE, precision, min_batch, opt_batch, max_batch,
+                                  fp32_layers)
+        if emit == "args":
+            click.echo("\n".join(plan.trtexec_args()))
+            return
+        key = engine_cache.current_key(b, engine_cache.TRTEXEC, plan.precision, trt_version=trt_version,
+                                       gpu_label=gpu_label)
+        root = Path(engine_root) if engine_root else engine_cache.default_root(b)
+        if emit == "engine-dir":
+            click.echo(str(engine_cache.key_dir(root, key)))
+            return
+        d = root / key.slug()
+        if not (d / engine_cache.ENGINE_FILE).is_file() or not engine_cache.matches(d, key):
+            raise ClipxaiError(f"{d}: no engine for this key to record; run build_engine.sh")
+        record = {"key": key.as_dict(), "trtexec_args": plan.trtexec_args(), "min_batch": plan.min_batch,
+                  "opt_batch": plan.opt_batch, "max_batch": plan.max_batch, "fp32_layers": len(plan.fp32_layers),
+                  "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (d / "engine.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+        click.echo(str(d / engine_cache.ENGINE_FILE))
+    except ClipxaiError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
