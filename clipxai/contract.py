@@ -26,8 +26,8 @@ OUTPUTS = (OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS)
 # Feature-surgery redundancy modes (DESIGN section 6).
 REDUNDANCY_MODES = ("classes", "empty", "none")
 
-# Methods: one bundle format for every training-free method (only "surgery" so far).
-METHODS = ("surgery",)
+# Methods: one bundle format for every training-free method.
+METHODS = ("surgery", "vanilla", "maskclip", "sclip", "clearclip", "naclip")
 
 # Precision of the graph's weights; IO stays float32 in every precision.
 PRECISIONS = ("fp32",)
