@@ -262,9 +262,9 @@ def _bottleneck(x, sd, p, stride):
         out = F.avg_pool2d(out, stride)
     out = _bn(F.conv2d(out, sd[f"{p}.conv3.weight"]), sd, f"{p}.bn3")
     identity = x
-    if f"{p}.downsample.1.weight" in sd:
+    if f"{p}.downsample.0.weight" in sd:  # (-1: avgpool, 0: 1x1 conv, 1: BatchNorm)
         identity = F.avg_pool2d(x, stride) if stride > 1 else x
-        identity = _bn(F.conv2d(identity, sd[f"{p}.downsample.1.weight"]), sd, f"{p}.downsample.2")
+        identity = _bn(F.conv2d(identity, sd[f"{p}.downsample.0.weight"]), sd, f"{p}.downsample.1")
     return F.relu(out + identity)
 
 
