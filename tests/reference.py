@@ -180,13 +180,16 @@ def _pos_resized(sd, g, how):
 
 def _omega(g, sigma=5.0):
     """NACLIP's Ω [1+g², 1+g²], element by element; class token row and column 0."""
+    import math
     n = g * g
-    om = torch.zeros(n + 1, n + 1)
+    rows = [[0.0] * (n + 1)]
     for i in range(n):
+        row = [0.0]
         for j in range(n):
             dy, dx = i // g - j // g, i % g - j % g
-            om[i + 1, j + 1] = torch.exp(torch.tensor(-(dy * dy + dx * dx) / (2.0 * sigma * sigma)))
-    return om
+            row.append(math.exp(-(dy * dy + dx * dx) / (2.0 * sigma * sigma)))
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 def _weights_times_v(a, v, sd, p):
