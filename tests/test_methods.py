@@ -135,3 +135,19 @@ def test_dense_methods_refuse_resnets(tmp_path):
     with pytest.raises(ClipxaiError, match="needs a ViT backbone"):
         _export(tmp_path, "naclip", 64, backbone=TINY_RN.name)
     assert not (tmp_path / "naclip64").exists() and not leftovers(tmp_path)
+
+
+def test_cli_method_flag(tmp_path):
+    from click.testing import CliRunner
+    from clipxai.export.cli import main
+    base = ["--pretrained", "random", "--classes", "person,sky", "--no-verify"]
+    ok = CliRunner().invoke(main, ["--backbone", TINY.name, "--method", "naclip", "--image-size", "48",
+                                   "-o", str(tmp_path / "n"), *base], catch_exceptions=False)
+    assert ok.exit_code == 0, ok.output
+    assert read_manifest(tmp_path / "n")["method"] == "naclip"
+    bad = CliRunner().invoke(main, ["--backbone", TINY_RN.name, "--method", "sclip", "--image-size", "64",
+                                    "-o", str(tmp_path / "r"), *base], catch_exceptions=False)
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "error: --method sclip needs a ViT backbone, not Tiny-RN; ResNets support --method surgery")
+    assert not (tmp_path / "r").exists()
