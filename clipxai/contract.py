@@ -27,7 +27,7 @@ OUTPUTS = (OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS)
 REDUNDANCY_MODES = ("classes", "empty", "none")
 
 # Methods: one bundle format for every training-free method (README "Methods").
-METHODS = ("surgery", "grad-eclip")
+METHODS = ("surgery", "grad-eclip", "vanilla", "maskclip", "sclip", "clearclip", "naclip")
 
 # Precision of the graph's weights; IO stays float32 in every precision.
 PRECISIONS = ("fp32", "fp16", "int8")

@@ -215,3 +215,162 @@ def grad_eclip(sd, image, text, heads, quick_gelu):
             if col.max() > col.min():
                 heat[i, :, j] = (col - col.min()) / (col.max() - col.min())
     return h, heat.permute(0, 2, 1).reshape(b, -1, g, g)
+
+
+
+# --- dense ViT methods (vanilla, MaskCLIP, SCLIP, ClearCLIP, NACLIP), written from the issue's formulas ---
+
+def _pos_resized(sd, g, how):
+    """Positional embeddings [1+g², C] as each method's reference resizes them (none at the pretrained grid)."""
+    pos = sd["visual.positional_embedding"]
+    c = pos.shape[1]
+    g0 = int(round((pos.shape[0] - 1) ** 0.5))
+    if g == g0:
+        return pos
+    grid = pos[1:].reshape(1, g0, g0, c).permute(0, 3, 1, 2)
+    if how == "size":  # MaskCLIP (mmseg resize to the target size)
+        grid = F.interpolate(grid, size=(g, g), mode="bicubic", align_corners=False)
+    else:  # SCLIP / ClearCLIP / NACLIP: by the scale factor (g + 0.1) / g0
+        grid = F.interpolate(grid, scale_factor=((g + 0.1) / g0, (g + 0.1) / g0), mode="bicubic")
+    assert grid.shape[-1] == g
+    return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(g * g, c)])
+
+
+def _omega(g, sigma=5.0):
+    """NACLIP's Ω [1+g², 1+g²], element by element; class token row and column 0."""
+    import math
+    n = g * g
+    rows = [[0.0] * (n + 1)]
+    for i in range(n):
+        row = [0.0]
+        for j in range(n):
+            dy, dx = i // g - j // g, i % g - j % g
+            row.append(math.exp(-(dy * dy + dx * dx) / (2.0 * sigma * sigma)))
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def _weights_times_v(a, v, sd, p):
+    out = (a @ v).transpose(1, 2)
+    out = out.reshape(out.shape[0], out.shape[1], -1)
+    return F.linear(out, sd[f"{p}.attn.out_proj.weight"], sd[f"{p}.attn.out_proj.bias"])
+
+
+def dense_tokens(sd, image, heads, quick_gelu, method):
+    """image [B,3,S,S] -> [B, 1+N, D]: the method's last block on every token, then ln_post and proj.
+
+    Token 0 is replaced by the class token of a separate, full run of the plain model.
+    """
+    conv = sd["visual.conv1.weight"]
+    patch = conv.shape[-1]
+    x = F.conv2d(image, conv, stride=patch)
+    b, c, g, _ = x.shape
+    x = x.reshape(b, c, g * g).permute(0, 2, 1)
+    pos = _pos_resized(sd, g, "size" if method == "maskclip" else "scale")
+    x = torch.cat([sd["visual.class_embedding"].expand(b, 1, c), x], 1) + pos
+    x = _ln(x, sd, "visual.ln_pre")
+    layers = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
+    plain = None
+    for i in range(layers):
+        p = f"visual.transformer.resblocks.{i}"
+        q, k, v = _qkv(_ln(x, sd, f"{p}.ln_1"), sd, p, heads)
+        s = q.shape[-1] ** -0.5
+        if i < layers - 1 or method == "vanilla":
+            x = x + _attn(q, k, v, sd, p)
+            x = x + _mlp(_ln(x, sd, f"{p}.ln_2"), sd, p, quick_gelu)
+            continue
+        plain = x + _attn(q, k, v, sd, p)
+        plain = plain + _mlp(_ln(plain, sd, f"{p}.ln_2"), sd, p, quick_gelu)
+        if method == "maskclip":
+            eye = torch.eye(x.shape[1])  # attention that keeps each token's own value
+            x = x + _weights_times_v(eye, v, sd, p)
+            x = x + _mlp(_ln(x, sd, f"{p}.ln_2"), sd, p, quick_gelu)
+        elif method == "sclip":
+            a = ((q @ q.transpose(-2, -1)) * s).softmax(-1) + ((k @ k.transpose(-2, -1)) * s).softmax(-1)
+            x = x + _weights_times_v(a, v, sd, p)
+            x = x + _mlp(_ln(x, sd, f"{p}.ln_2"), sd, p, quick_gelu)
+        elif method == "clearclip":
+            x = _weights_times_v(((q @ q.transpose(-2, -1)) * s).softmax(-1), v, sd, p)
+        elif method == "naclip":
+            x = _weights_times_v(((k @ k.transpose(-2, -1)) * s + _omega(g)).softmax(-1), v, sd, p)
+        else:
+            raise ValueError(method)
+    if plain is not None:
+        x = torch.cat([plain[:, :1], x[:, 1:]], 1)
+    return _ln(x, sd, "visual.ln_post") @ sd["visual.proj"]
+
+
+def dense_pipeline(sd, image, text, heads, quick_gelu, method, logit_scale=100.0):
+    """Returns similarity [B,N,K] (plain cosine), scores [B,K], grid heatmaps [B,K,g,g]."""
+    feats = F.normalize(dense_tokens(sd, image, heads, quick_gelu, method), dim=-1)
+    sim = feats[:, 1:] @ text.t()
+    scores = (logit_scale * feats[:, 0] @ text.t()).softmax(-1)
+    g = int(round(sim.shape[1] ** 0.5))
+    return sim, scores, heatmaps(sim, (g, g))
+
+
+# --- ResNet surgery, written from DESIGN section 3 (ResNet backbones) ---
+
+def _bn(x, sd, name):
+    return F.batch_norm(x, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"],
+                        sd[f"{name}.bias"], training=False, eps=1e-5)
+
+
+def _bottleneck(x, sd, p, stride):
+    out = F.relu(_bn(F.conv2d(x, sd[f"{p}.conv1.weight"]), sd, f"{p}.bn1"))
+    out = F.relu(_bn(F.conv2d(out, sd[f"{p}.conv2.weight"], padding=1), sd, f"{p}.bn2"))
+    if stride > 1:
+        out = F.avg_pool2d(out, stride)
+    out = _bn(F.conv2d(out, sd[f"{p}.conv3.weight"]), sd, f"{p}.bn3")
+    identity = x
+    if f"{p}.downsample.0.weight" in sd:  # (-1: avgpool, 0: 1x1 conv, 1: BatchNorm)
+        identity = F.avg_pool2d(x, stride) if stride > 1 else x
+        identity = _bn(F.conv2d(identity, sd[f"{p}.downsample.0.weight"]), sd, f"{p}.downsample.1")
+    return F.relu(out + identity)
+
+
+def resnet_surgery(sd, image, heads):
+    """image [B,3,S,S] -> (v-v tokens [B, 1+N, D], plain attention-pool embedding [B, D])."""
+    x = F.relu(_bn(F.conv2d(image, sd["visual.conv1.weight"], stride=2, padding=1), sd, "visual.bn1"))
+    x = F.relu(_bn(F.conv2d(x, sd["visual.conv2.weight"], padding=1), sd, "visual.bn2"))
+    x = F.relu(_bn(F.conv2d(x, sd["visual.conv3.weight"], padding=1), sd, "visual.bn3"))
+    x = F.avg_pool2d(x, 2)
+    for layer, stride in ((1, 1), (2, 2), (3, 2), (4, 2)):
+        n = len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{layer}.")})
+        for i in range(n):
+            x = _bottleneck(x, sd, f"visual.layer{layer}.{i}", stride if i == 0 else 1)
+    b, c, g, _ = x.shape
+    x = x.reshape(b, c, g * g).permute(0, 2, 1)
+    x = torch.cat([x.mean(1, keepdim=True), x], 1)
+    pos = sd["visual.attnpool.positional_embedding"]
+    g0 = int(round((pos.shape[0] - 1) ** 0.5))
+    if g0 != g:
+        grid = pos[1:].reshape(1, g0, g0, c).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(g, g), mode="bilinear", align_corners=False)
+        pos = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(g * g, c)])
+    x = x + pos
+
+    def lin(t, name):
+        return F.linear(t, sd[f"visual.attnpool.{name}.weight"], sd[f"visual.attnpool.{name}.bias"])
+
+    def heads_of(t):
+        return t.reshape(b, t.shape[1], heads, c // heads).transpose(1, 2)
+
+    def attn(q, k, v):
+        a = ((q @ k.transpose(-2, -1)) * (c // heads) ** -0.5).softmax(-1)
+        return lin((a @ v).transpose(1, 2).reshape(b, q.shape[2], c), "c_proj")
+
+    v = heads_of(lin(x, "v_proj"))
+    tokens = attn(v, v, v)
+    plain = attn(heads_of(lin(x, "q_proj")), heads_of(lin(x, "k_proj")), v)[:, 0]
+    return tokens, plain
+
+
+def resnet_pipeline(sd, image, text, mode, heads, redundancy=None, logit_scale=100.0):
+    """Returns similarity [B,N,K], scores [B,K], grid heatmaps [B,K,g,g] of ResNet surgery."""
+    tokens, plain = resnet_surgery(sd, image, heads)
+    feats = F.normalize(tokens, dim=-1)
+    sim = feature_surgery(feats, text, mode, redundancy)[:, 1:]
+    scores = (logit_scale * F.normalize(plain, dim=-1) @ text.t()).softmax(-1)
+    g = int(round(sim.shape[1] ** 0.5))
+    return sim, scores, heatmaps(sim, (g, g))

@@ -39,13 +39,15 @@ def test_text_encoder_equals_open_clip_encode_text(tiny_model):
 
 
 def test_backbone_table_accepts_both_spellings():
-    assert [b.name for b in BACKBONES] == ["ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px"]
+    assert [b.name for b in BACKBONES] == ["ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px",
+                                           "RN50", "RN101", "RN50x4", "RN50x16", "RN50x64"]
     assert resolve_backbone("ViT-B/16").spec is resolve_backbone("ViT-B-16").spec
     assert resolve_backbone("ViT-B/16").quick_gelu and not resolve_backbone("ViT-B-16").quick_gelu
     assert resolve_backbone("ViT-L-14-336-quickgelu").spec.image_size == 336
     with pytest.raises(ClipxaiError, match="ViT-B/32.*ViT-L/14@336px"):
         resolve_backbone("ViT-H/14")
     assert "ViT-B-32" in backbone_names()
+    assert backbone_names().count("RN50") == 1 and "RN50-quickgelu" in backbone_names()
 
 
 def test_open_clip_structure_we_rely_on():

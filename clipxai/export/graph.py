@@ -19,6 +19,8 @@ from torch import nn
 from clipxai.contract import LOGIT_SCALE
 from clipxai.models.feature_surgery import feature_surgery, grid_heatmaps
 from clipxai.models.grad_eclip import GradEclipViT
+from clipxai.models.dense_methods import DenseViT
+from clipxai.models.resnet_surgery import SurgeryResNet
 from clipxai.models.surgery import SurgeryViT
 
 
@@ -56,6 +58,41 @@ class GradEclipOnnxModel(nn.Module):
     def forward(self, image: torch.Tensor, text: torch.Tensor, redundancy: torch.Tensor):
         sim, cls_embedding = self.vit(image, text)  # [B, N, K], [B, D]
         return sim, class_scores(cls_embedding, text), grid_heatmaps(sim, self.grid)
+
+
+class SurgeryResNetOnnxModel(nn.Module):
+    """CLIP Surgery on a ResNet: v-v attention pool, then feature surgery; scores from the plain pool."""
+
+    def __init__(self, resnet: SurgeryResNet, mode: str):
+        super().__init__()
+        self.resnet = resnet
+        self.mode = mode
+        self.image_size = resnet.image_size
+        self.grid = resnet.grid
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor, redundancy: torch.Tensor):
+        tokens, image_embedding = self.resnet(image)
+        feats = F.normalize(tokens, dim=-1)  # [B, 1+N, D]
+        sim = feature_surgery(feats, text, self.mode, redundancy)[:, 1:, :]
+        return sim, class_scores(image_embedding, text), grid_heatmaps(sim, self.grid)
+
+
+class DenseOnnxModel(nn.Module):
+    """A dense method (vanilla, MaskCLIP, SCLIP, ClearCLIP, NACLIP): plain cosine similarity.
+
+    No feature surgery: ``redundancy`` is accepted for the common signature and unused.
+    """
+
+    def __init__(self, vit: DenseViT):
+        super().__init__()
+        self.vit = vit
+        self.image_size = vit.image_size
+        self.grid = vit.grid
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor, redundancy: torch.Tensor):
+        feats = F.normalize(self.vit(image), dim=-1)  # [B, 1+N, D]
+        sim = feats[:, 1:, :] @ text.t()
+        return sim, class_scores(feats[:, 0, :], text), grid_heatmaps(sim, self.grid)
 
 
 class BakedVocabulary(nn.Module):

@@ -24,7 +24,7 @@ from clipxai.errors import ClipxaiError, VerificationError
 from clipxai.export.bundle import bundle_size, check_output, finalize_manifest, staged_bundle
 from clipxai.export.fidelity import GATES, gate_failures, load_images, measure_fidelity, synthetic_scenes
 from clipxai.export.graph import BakedVocabulary
-from clipxai.export.methods import build_method_graph, uses_redundancy
+from clipxai.export.methods import build_method_graph, check_method, uses_redundancy
 from clipxai.export.onnx_export import MIN_OPSET, export_onnx
 from clipxai.export.precision import convert
 from clipxai.export.verify import verify_onnx
@@ -107,19 +107,21 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
     start = time.perf_counter()
     output = Path(cfg.output)
     classes = validate_classes(cfg.classes)
+    choice = resolve_backbone(cfg.backbone)
+    spec = choice.spec
+    check_method(cfg.method, spec)
     if uses_redundancy(cfg.method):
         mode = resolve_redundancy(cfg.redundancy, len(classes))
     elif cfg.redundancy is not None:
-        raise ClipxaiError(f"--redundancy is a feature-surgery setting that --method {cfg.method} does not use; "
-                           "leave it out")
+        raise ClipxaiError(f"--redundancy is a feature-surgery setting: it applies to --method surgery only, "
+                           f"--method {cfg.method} does not use it (leave it out)")
     else:
-        mode = None  # recorded as null in the manifest
+        mode = None  # no feature surgery: recorded as null in the manifest
     _validate(cfg)
-    choice = resolve_backbone(cfg.backbone)
-    spec = choice.spec
     if cfg.image_size % spec.patch_size:
+        cell = "patch size" if spec.arch == "vit" else "output stride"
         raise ClipxaiError(
-            f"--image-size {cfg.image_size} is not a multiple of {spec.name}'s patch size {spec.patch_size}; "
+            f"--image-size {cfg.image_size} is not a multiple of {spec.name}'s {cell} {spec.patch_size}; "
             f"try {max(spec.patch_size, round(cfg.image_size / spec.patch_size) * spec.patch_size)}"
         )
     check_output(output, cfg.force)  # fail before the slow part
@@ -211,9 +213,11 @@ def build_manifest(cfg, loaded, spec, classes, mode, grid, embed_dim, verificati
         "created_with": {"torch": torch.__version__, "open_clip": open_clip.__version__,
                          "onnx": onnx.__version__, "python": platform.python_version()},
         "method": cfg.method,
-        "backbone": {"name": spec.name, "open_clip_name": spec.open_clip_name, "patch_size": spec.patch_size,
+        "backbone": {"name": spec.name, "open_clip_name": spec.open_clip_name, "arch": spec.arch,
+                     "patch_size": spec.patch_size,
                      "activation": "quick_gelu" if loaded.quick_gelu else "gelu",
-                     "surgery_blocks": spec.surgery_blocks, "pretrained_image_size": spec.image_size},
+                     "surgery_blocks": spec.surgery_blocks if cfg.method == "surgery" and spec.arch == "vit" else None,
+                     "pretrained_image_size": spec.image_size},
         "weights": loaded.weights,
         "image_size": s,
         "grid_size": grid,

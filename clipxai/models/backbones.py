@@ -19,9 +19,11 @@ class BackboneSpec:
 
     name: canonical OpenAI spelling, e.g. "ViT-B/16".
     open_clip_name: open_clip model config name (GELU variant), e.g. "ViT-B-16".
-    patch_size: ViT patch size in pixels.
+    patch_size: pixels per cell of the token grid: the ViT patch size, or 32
+        (the output stride) for a ResNet; the grid is image_size / patch_size.
     image_size: the resolution the weights were trained at.
-    surgery_blocks: how many final blocks get the surgery path (DESIGN section 3).
+    surgery_blocks: how many final blocks get the surgery path (DESIGN section 3; ViTs only).
+    arch: "vit" or "resnet" (ModifiedResNet with an attention pool).
     """
 
     name: str
@@ -29,6 +31,7 @@ class BackboneSpec:
     patch_size: int
     image_size: int
     surgery_blocks: int = 6
+    arch: str = "vit"
 
     @property
     def quickgelu_name(self) -> str:
@@ -40,6 +43,11 @@ BACKBONES: tuple[BackboneSpec, ...] = (
     BackboneSpec("ViT-B/16", "ViT-B-16", patch_size=16, image_size=224),
     BackboneSpec("ViT-L/14", "ViT-L-14", patch_size=14, image_size=224),
     BackboneSpec("ViT-L/14@336px", "ViT-L-14-336", patch_size=14, image_size=336),
+    BackboneSpec("RN50", "RN50", patch_size=32, image_size=224, arch="resnet"),
+    BackboneSpec("RN101", "RN101", patch_size=32, image_size=224, arch="resnet"),
+    BackboneSpec("RN50x4", "RN50x4", patch_size=32, image_size=288, arch="resnet"),
+    BackboneSpec("RN50x16", "RN50x16", patch_size=32, image_size=384, arch="resnet"),
+    BackboneSpec("RN50x64", "RN50x64", patch_size=32, image_size=448, arch="resnet"),
 )
 
 DEFAULT_BACKBONE = "ViT-B/16"
@@ -72,7 +80,8 @@ class BackboneChoice:
 def backbone_names() -> list[str]:
     """Every accepted spelling, OpenAI names first."""
     specs = list(_registry.values())
-    return [s.name for s in specs] + [s.open_clip_name for s in specs] + [s.quickgelu_name for s in specs]
+    names = [s.name for s in specs] + [s.open_clip_name for s in specs] + [s.quickgelu_name for s in specs]
+    return list(dict.fromkeys(names))  # ResNets are spelled alike in both
 
 
 def resolve_backbone(name: str) -> BackboneChoice:

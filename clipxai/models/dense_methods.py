@@ -1,0 +1,205 @@
+"""Training-free dense CLIP methods on open_clip's ViT: vanilla, MaskCLIP, SCLIP, ClearCLIP, NACLIP.
+
+Each method changes the last block (block L-1) only; blocks 0..L-2 are plain
+CLIP (DESIGN section 3 notation, s = d^-1/2 per head, H = the block's heads):
+
+- ``vanilla``:   the unmodified block.
+- ``maskclip``:  ``x + W_o·v + b_o``, then ``+ MLP(LN2(·))`` (value path alone).
+- ``sclip``:     ``x + W_o·(softmax(s·q qᵀ) + softmax(s·k kᵀ))·v + b_o``, then the MLP.
+- ``clearclip``: ``W_o·softmax(s·q qᵀ)·v + b_o`` alone (no residual, no MLP).
+- ``naclip``:    ``W_o·softmax(s·k kᵀ + Ω)·v + b_o`` alone, Ω a Gaussian (σ = 5)
+  over the patch grid, zero on the class token's row and column.
+
+``DenseViT`` calls the tower's own modules with the explicit attention of
+``clipxai.models.attention``; token 0 of its output is always the class token
+of the unmodified model (for the zero-shot scores).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipxai.errors import ClipxaiError
+from clipxai.models.attention import attend, out_proj, plain_block, project
+from clipxai.models.surgery import check_vit_structure, resize_pos_embed
+
+NACLIP_SIGMA = 5.0
+
+
+# --- positional-embedding resizing -------------------------------------------------------------
+
+def _split_pos(pos: torch.Tensor) -> tuple[torch.Tensor, int]:
+    n, c = pos.shape
+    g0 = int(round((n - 1) ** 0.5))
+    if g0 * g0 != n - 1:
+        raise ClipxaiError(f"positional embedding of {n - 1} patches is not a square grid")
+    return pos[1:].reshape(1, g0, g0, c).permute(0, 3, 1, 2), g0
+
+
+def _join_pos(pos: torch.Tensor, grid_map: torch.Tensor, grid: int) -> torch.Tensor:
+    if grid_map.shape[-2:] != (grid, grid):
+        raise ClipxaiError(f"positional-embedding resize gave a {tuple(grid_map.shape[-2:])} grid, not {grid}x{grid}")
+    patches = grid_map.permute(0, 2, 3, 1).reshape(grid * grid, pos.shape[1])
+    return torch.cat([pos[:1], patches], 0).detach()
+
+
+def resize_pos_bicubic_size(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """[1+g0², C] -> [1+grid², C]: bicubic to the target size, align_corners=False (MaskCLIP)."""
+    patches, g0 = _split_pos(pos)
+    if grid == g0:
+        return pos.detach().clone()
+    return _join_pos(pos, F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False), grid)
+
+
+def resize_pos_bicubic_scale(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """[1+g0², C] -> [1+grid², C]: bicubic by scale factor (grid+0.1)/g0 (SCLIP, ClearCLIP, NACLIP).
+
+    The factor itself (not in/out sizes) maps output to input coordinates, so
+    the result differs from a resize to ``size=(grid, grid)``. The pretrained
+    grid is kept as is, as their references do.
+    """
+    patches, g0 = _split_pos(pos)
+    if grid == g0:
+        return pos.detach().clone()
+    factor = (grid + 0.1) / g0
+    out = F.interpolate(patches, scale_factor=(factor, factor), mode="bicubic", align_corners=False,
+                        recompute_scale_factor=False)
+    return _join_pos(pos, out, grid)
+
+
+@dataclass(frozen=True)
+class PosResize:
+    fn: Callable[[torch.Tensor, int], torch.Tensor]
+    record: dict  # manifest "pos_embed_resize", without the grids
+
+
+POS_RESIZES: dict[str, PosResize] = {
+    "bilinear": PosResize(resize_pos_embed, {"mode": "bilinear", "align_corners": False, "antialias": False}),
+    "bicubic-size": PosResize(resize_pos_bicubic_size, {"mode": "bicubic", "align_corners": False,
+                                                        "antialias": False, "target": "size"}),
+    "bicubic-scale": PosResize(resize_pos_bicubic_scale, {"mode": "bicubic", "align_corners": False,
+                                                          "antialias": False, "target": "scale_factor",
+                                                          "scale_factor": "(to_grid + 0.1) / from_grid",
+                                                          "recompute_scale_factor": False}),
+}
+
+
+# --- the last block of each method ---------------------------------------------------------------
+
+def naclip_omega(grid: int, sigma: float = NACLIP_SIGMA) -> torch.Tensor:
+    """Ω [1+N, 1+N]: exp(-‖p_i - p_j‖² / (2σ²)) over patch grid positions; class row/column 0."""
+    rows = torch.arange(grid, dtype=torch.float64).repeat_interleave(grid)
+    cols = torch.arange(grid, dtype=torch.float64).repeat(grid)
+    d2 = (rows[:, None] - rows[None, :]) ** 2 + (cols[:, None] - cols[None, :]) ** 2
+    omega = torch.zeros(grid * grid + 1, grid * grid + 1, dtype=torch.float64)
+    omega[1:, 1:] = torch.exp(-d2 / (2.0 * sigma ** 2))
+    return omega.float()
+
+
+def _mlp(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x + blk.mlp(blk.ln_2(x))
+
+
+def _vanilla(blk, x, omega):
+    return plain_block(blk, x)
+
+
+def _maskclip(blk, x, omega):
+    v = project(blk.attn, blk.ln_1(x), "v")[0]
+    return _mlp(blk, x + out_proj(blk.attn, v))
+
+
+def _sclip(blk, x, omega):
+    q, k, v = project(blk.attn, blk.ln_1(x), "qkv")
+    return _mlp(blk, x + out_proj(blk.attn, attend(q, q, v) + attend(k, k, v)))
+
+
+def _clearclip(blk, x, omega):
+    q, v = project(blk.attn, blk.ln_1(x), "qv")
+    return out_proj(blk.attn, attend(q, q, v))
+
+
+def _naclip(blk, x, omega):
+    k, v = project(blk.attn, blk.ln_1(x), "kv")
+    return out_proj(blk.attn, attend(k, k, v, mask=omega))
+
+
+@dataclass(frozen=True)
+class DenseMethod:
+    last_block: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]
+    pos_resize: str            # key of POS_RESIZES
+    alters_last_block: bool    # False: token 0 of the method's own output is plain CLIP's
+    uses_omega: bool = False
+
+
+DENSE_METHODS: dict[str, DenseMethod] = {
+    "vanilla": DenseMethod(_vanilla, "bicubic-scale", alters_last_block=False),
+    "maskclip": DenseMethod(_maskclip, "bicubic-size", alters_last_block=True),
+    "sclip": DenseMethod(_sclip, "bicubic-scale", alters_last_block=True),
+    "clearclip": DenseMethod(_clearclip, "bicubic-scale", alters_last_block=True),
+    "naclip": DenseMethod(_naclip, "bicubic-scale", alters_last_block=True, uses_omega=True),
+}
+
+
+class DenseViT(nn.Module):
+    """Image -> dense tokens of one method.
+
+    forward(image [B, 3, S, S]) -> [B, 1 + N, D]: ``proj(ln_post(tokens))``;
+    token 0 is the unmodified model's class token (plain CLIP's image
+    embedding), tokens 1..N are the method's patch tokens. N = (S / patch)².
+    """
+
+    def __init__(self, visual: nn.Module, image_size: int, method: str):
+        super().__init__()
+        check_vit_structure(visual)
+        if method not in DENSE_METHODS:
+            raise ClipxaiError(f"unknown dense method {method!r}; choose one of: {', '.join(DENSE_METHODS)}")
+        patch = visual.conv1.kernel_size[0]
+        if image_size <= 0 or image_size % patch:
+            raise ClipxaiError(f"image size {image_size} is not a positive multiple of the patch size {patch}")
+        self.visual = visual
+        self.method = method
+        self.spec = DENSE_METHODS[method]
+        self.image_size = image_size
+        self.patch_size = patch
+        self.grid = image_size // patch
+        resize = POS_RESIZES[self.spec.pos_resize]
+        # Resized once from the ORIGINAL weights; the tower itself is never modified.
+        self.register_buffer("pos_embed", resize.fn(visual.positional_embedding, self.grid), persistent=False)
+        omega = naclip_omega(self.grid) if self.spec.uses_omega else None
+        self.register_buffer("omega", omega, persistent=False)
+
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] -> ln_pre(patch tokens + class token + pos): [B, 1 + N, C]."""
+        v = self.visual
+        x = v.conv1(image).flatten(2).transpose(1, 2)  # [B, N, C]
+        cls = v.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)
+        return v.ln_pre(x)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        blocks = self.visual.transformer.resblocks
+        x = self.embed(image)
+        for blk in blocks[:-1]:
+            x = plain_block(blk, x)
+        last = blocks[-1]
+        dense = self.spec.last_block(last, x, self.omega)
+        if self.spec.alters_last_block:
+            # The plain last block, for the class token alone: its query row and MLP.
+            h = last.ln_1(x)
+            k, v = project(last.attn, h, "kv")
+            q0 = project(last.attn, h[:, :1], "q")[0]
+            cls = _mlp(last, x[:, :1] + out_proj(last.attn, attend(q0, k, v)))
+            dense = torch.cat([cls, dense[:, 1:]], dim=1)
+        return self.visual.ln_post(dense) @ self.visual.proj
+
+
+def pos_embed_record(method: str, from_grid: int, to_grid: int) -> dict:
+    """The manifest's ``pos_embed_resize`` for a dense method (``applied``: False at the pretrained grid)."""
+    rec = POS_RESIZES[DENSE_METHODS[method].pos_resize].record
+    return {"from_grid": from_grid, "to_grid": to_grid, **rec, "applied": from_grid != to_grid}
