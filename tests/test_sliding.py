@@ -16,7 +16,7 @@ import reference as ref
 from clipxai.errors import ClipxaiError
 from clipxai.runtime import Predictor, load_bundle
 from clipxai.runtime.cli import main as segment_main
-from clipxai.runtime.postprocess import points_from_map, resize_bilinear, segment
+from clipxai.runtime.postprocess import DENSE_MAX, points_from_map, resize_bilinear, resize_matrix, segment
 from clipxai.runtime.sliding import window_offsets
 from tiny import TINY, TINY_HEADS, TINY_SURGERY_BLOCKS
 
@@ -61,7 +61,7 @@ def torch_slide(model, bundle_path, pil, short_side, stride):
     return logits[0], heat, up
 
 
-@pytest.mark.parametrize("short_side,stride", [(40, 12), (50, 32), (32, 5)])
+@pytest.mark.parametrize("short_side,stride", [(40, 12), (70, 32), (32, 5)])  # 70: map sides > DENSE_MAX
 def test_slide_matches_torch_reference(predictor, bundle, tiny_model, short_side, stride):
     pil = Image.open(ROCKET).convert("RGB")
     pred = predictor.predict_slide(ROCKET, stride=stride, short_side=short_side, batch_size=3)
@@ -195,6 +195,35 @@ def test_segment_on_a_rectangular_grid_and_its_probability():
     assert np.array_equal(got[clear], want[clear])
     with pytest.raises(ValueError, match="grid 5x9 needs 45"):
         segment(sim, (5, 9), 10, 10)
+
+
+@pytest.mark.parametrize("h,w,height,width", [(100, 130, 157, 211), (70, 20, 41, 300), (66, 66, 66, 66)])
+def test_resize_of_large_maps_by_taps_matches_torch(h, w, height, width):
+    assert max(h, w) > DENSE_MAX  # the two-tap path
+    m = np.random.default_rng(2).normal(size=(3, h, w)).astype(np.float32)
+    want = F.interpolate(torch.from_numpy(m)[None], (height, width), mode="bilinear", align_corners=False)[0]
+    got = resize_bilinear(m, height, width)
+    # torch computes source positions in float32 (~1e-5 off at a few hundred pixels), we in float64
+    assert np.abs(got - want.numpy()).max() <= 1e-4
+    dense = resize_matrix(h, height) @ m @ resize_matrix(w, width).T  # the small-grid path, same weights
+    assert np.abs(got - dense).max() <= 1e-5
+
+
+def test_segment_on_a_large_grid_matches_torch():
+    rng = np.random.default_rng(6)
+    sim = rng.normal(size=(80 * 90, 5)).astype(np.float32)
+    heat = rng.random((5, 80, 90)).astype(np.float32)
+    got = segment(sim, (80, 90), 97, 111, heatmaps_grid=heat, background_threshold=0.5, rows_per_chunk=13)
+    up = F.interpolate(torch.from_numpy(sim.T.reshape(1, 5, 80, 90).copy()), (97, 111), mode="bilinear",
+                       align_corners=False)[0]
+    hu = F.interpolate(torch.from_numpy(heat)[None], (97, 111), mode="bilinear", align_corners=False)[0]
+    want = up.argmax(0)
+    conf = hu.gather(0, want[None])[0].numpy()
+    want = want.numpy()
+    want[conf < 0.5] = -1
+    top2 = up.topk(2, dim=0).values
+    clear = ((top2[0] - top2[1]) > 1e-5).numpy() & (np.abs(conf - 0.5) > 1e-5)
+    assert clear.mean() > 0.95 and np.array_equal(got[clear], want[clear])
 
 
 def test_points_on_a_rectangular_map_follow_the_cells():

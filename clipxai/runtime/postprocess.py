@@ -2,8 +2,10 @@
 
 Bilinear resizing uses half-pixel centres and edge clamping, equal to torch's
 ``interpolate(mode="bilinear", align_corners=False)`` without antialias, in
-both directions. It is applied as two small interpolation matrices
-(``A_h @ map @ A_wᵀ``), so memory stays at the output size.
+both directions. From small grids (token grids) it is applied as two small
+interpolation matrices (``A_h @ map @ A_wᵀ``), so memory stays at the output
+size; from large maps (sliding-window results, sides > DENSE_MAX) as two-tap
+gathers, whose cost does not grow with the input size.
 """
 
 from __future__ import annotations
@@ -17,15 +19,28 @@ import numpy as np
 from clipxai.errors import ClipxaiError
 
 
+# Inputs with a side above this are resized by two-tap gathers instead of dense matrices.
+DENSE_MAX = 64
+
+
 @lru_cache(maxsize=64)
-def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in] float32 bilinear weights (half-pixel centres, clamp at the edges)."""
+def resize_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Output i = (1 - w1[i])·input[i0[i]] + w1[i]·input[i1[i]]: i0, i1 int64 [n_out], w1 float32 [n_out]."""
     scale = n_in / n_out
     src = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
     src = np.maximum(src, 0.0)
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
     w1 = (src - i0).astype(np.float32)
+    for a in (i0, i1, w1):
+        a.setflags(write=False)
+    return i0, i1, w1
+
+
+@lru_cache(maxsize=64)
+def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] float32 bilinear weights (half-pixel centres, clamp at the edges)."""
+    i0, i1, w1 = resize_taps(n_in, n_out)
     m = np.zeros((n_out, n_in), np.float32)
     rows = np.arange(n_out)
     np.add.at(m, (rows, i0), 1.0 - w1)
@@ -34,9 +49,29 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
+def _taps_axis(x: np.ndarray, axis: int, n_out: int) -> np.ndarray:
+    """Bilinear resize of one axis of x to n_out by two-tap gathers (float32)."""
+    i0, i1, w1 = resize_taps(x.shape[axis], n_out)
+    shape = [1] * x.ndim
+    shape[axis] = n_out
+    w1 = w1.reshape(shape)
+    a = np.take(x, i0, axis=axis)
+    a *= 1.0 - w1
+    a += np.take(x, i1, axis=axis) * w1
+    return a
+
+
 def resize_bilinear(maps: np.ndarray, height: int, width: int) -> np.ndarray:
-    """[..., h, w] -> [..., height, width] float32 (two GEMMs over all maps at once)."""
+    """[..., h, w] -> [..., height, width] float32 (two GEMMs over all maps at once; two-tap
+    gathers, a few maps at a time, when a side is above DENSE_MAX)."""
     *lead, h, w = maps.shape
+    if max(h, w) > DENSE_MAX:
+        m = np.asarray(maps, dtype=np.float32).reshape(-1, h, w)
+        out = np.empty((m.shape[0], height, width), np.float32)
+        step = max(1, (1 << 24) // max(1, h * width + height * width))  # ~64 MB of temporaries
+        for i in range(0, m.shape[0], step):
+            out[i:i + step] = _taps_axis(_taps_axis(m[i:i + step], 2, width), 1, height)
+        return out.reshape(*lead, height, width)
     ah = resize_matrix(h, height)
     aw = resize_matrix(w, width)
     m = np.ascontiguousarray(maps, dtype=np.float32).reshape(-1, w)   # [B*h, w]
@@ -70,12 +105,22 @@ def segment(similarity: np.ndarray, grid: int | tuple[int, int], height: int, wi
         raise ValueError(f"similarity has {similarity.shape[0]} cells, grid {gh}x{gw} needs {gh * gw}")
     if prob_threshold is not None and logit_scale is None:
         raise ValueError("prob_threshold needs logit_scale")
-    aw = resize_matrix(gw, width)
-    ah = resize_matrix(gh, height)
+    dense = max(gh, gw) <= DENSE_MAX
+    aw = resize_matrix(gw, width) if dense else None
+    ah = resize_matrix(gh, height) if dense else None
+    h0, h1, hw1 = resize_taps(gh, height)
 
     def widen(maps_khw: np.ndarray) -> np.ndarray:  # [K, gh, gw] -> [gh, W*K], class fastest
         wide = np.ascontiguousarray(maps_khw, dtype=np.float32).transpose(1, 2, 0).reshape(gh, gw, k)
+        if not dense:
+            return _taps_axis(wide, 1, width).reshape(gh, width * k)
         return np.einsum("wj,ijk->iwk", aw, wide).reshape(gh, width * k)
+
+    def rows_of(wide: np.ndarray, r0: int, r1: int) -> np.ndarray:  # [gh, X] -> rows r0:r1 of [H, X]
+        if dense:
+            return ah[r0:r1] @ wide
+        w1 = hw1[r0:r1, None]
+        return wide[h0[r0:r1]] * (1.0 - w1) + wide[h1[r0:r1]] * w1
 
     sim_w = widen(similarity.T.reshape(k, gh, gw))
     maps_w = None
@@ -86,18 +131,20 @@ def segment(similarity: np.ndarray, grid: int | tuple[int, int], height: int, wi
     is_background = np.zeros(k, bool)
     is_background[list(background)] = True
     out = np.empty((height, width), np.int32)
+    rows_per_chunk = max(1, min(rows_per_chunk, (1 << 23) // (width * k)))  # <= 32 MB per temporary
     for r0 in range(0, height, rows_per_chunk):
-        rows = ah[r0:r0 + rows_per_chunk]
-        up = (rows @ sim_w).reshape(-1, width, k)  # [rows, W, K]
+        r1 = min(r0 + rows_per_chunk, height)
+        up = rows_of(sim_w, r0, r1).reshape(-1, width, k)  # [rows, W, K]
         labels = up.argmax(axis=2).astype(np.int32)
         drop = is_background[labels]
         if maps_w is not None:
-            conf = np.take_along_axis((rows @ maps_w).reshape(-1, width, k), labels[..., None], axis=2)[..., 0]
+            conf = np.take_along_axis(rows_of(maps_w, r0, r1).reshape(-1, width, k), labels[..., None],
+                                      axis=2)[..., 0]
             drop |= conf < background_threshold
         if prob_threshold is not None:
             drop |= max_probability(up, logit_scale) < prob_threshold
         labels[drop] = -1
-        out[r0:r0 + rows_per_chunk] = labels
+        out[r0:r1] = labels
     return out
 
 

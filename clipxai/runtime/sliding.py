@@ -130,9 +130,8 @@ def slide_logits(image: np.ndarray, run: RunWindows, window: int, grid: int, str
             lo, hi = sim.min(axis=(0, 1)), sim.max(axis=(0, 1))
         lo, hi = np.minimum(lo, sim.min(axis=(0, 1))), np.maximum(hi, sim.max(axis=(0, 1)))
         maps = sim.transpose(0, 2, 1).reshape(len(part), k, grid, grid)
-        up = resize_bilinear(maps, window, window)  # [B, K, S, S]
-        for (y, x), m in zip(part, up):
-            acc[:, y:y + window, x:x + window] += m
+        for (y, x), m in zip(part, maps):  # one window at a time: K·S·S floats, not B·K·S·S
+            acc[:, y:y + window, x:x + window] += resize_bilinear(m, window, window)
             count[y:y + window, x:x + window] += 1.0
     acc /= count
     return SlideResult(acc, lo, hi, scores)
