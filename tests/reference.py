@@ -374,3 +374,31 @@ def resnet_pipeline(sd, image, text, mode, heads, redundancy=None, logit_scale=1
     scores = (logit_scale * F.normalize(plain, dim=-1) @ text.t()).softmax(-1)
     g = int(round(sim.shape[1] ** 0.5))
     return sim, scores, heatmaps(sim, (g, g))
+
+
+
+def slide_inference(run_crop, image, crop, stride):
+    """The papers' slide inference (SCLIP/ClearCLIP/NACLIP structure): image [1,3,h,w],
+    run_crop(crop [1,3,c,c]) -> patch similarity [1,N,K]. Returns (averaged logits
+    [1,K,h,w], per-class min and max [K] over all crops' token grids)."""
+    _, _, h_img, w_img = image.shape
+    h_grids = max(h_img - crop + stride - 1, 0) // stride + 1
+    w_grids = max(w_img - crop + stride - 1, 0) // stride + 1
+    preds, count, lo, hi = None, image.new_zeros((1, 1, h_img, w_img)), None, None
+    for hi_ in range(h_grids):
+        for wi in range(w_grids):
+            y1, x1 = hi_ * stride, wi * stride
+            y2, x2 = min(y1 + crop, h_img), min(x1 + crop, w_img)
+            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+            sim = run_crop(image[:, :, y1:y2, x1:x2])
+            g = int(round(sim.shape[1] ** 0.5))
+            lo = sim[0].amin(0) if lo is None else torch.minimum(lo, sim[0].amin(0))
+            hi = sim[0].amax(0) if hi is None else torch.maximum(hi, sim[0].amax(0))
+            logit = F.interpolate(sim.permute(0, 2, 1).reshape(1, -1, g, g), size=(y2 - y1, x2 - x1),
+                                  mode="bilinear", align_corners=False)
+            if preds is None:
+                preds = image.new_zeros((1, logit.shape[1], h_img, w_img))
+            preds += F.pad(logit, (x1, w_img - x2, y1, h_img - y2))
+            count[:, :, y1:y2, x1:x2] += 1
+    assert (count == 0).sum() == 0
+    return preds / count, lo, hi

@@ -39,6 +39,10 @@ SCRIPT = textwrap.dedent("""
     pred = p.predict(sys.argv[2])
     seg = pred.segmentation
     coords, labels = pred.points(0)
+    import clipxai.runtime.sliding, clipxai.runtime.evaluation  # noqa: F401
+    p.set_segmentation(logit_scale=40.0, prob_threshold=0.3, background_classes=["sky"])
+    slid = p.predict_slide(sys.argv[2], 16, 40)
+    assert slid.segmentation.shape == seg.shape and slid.heatmaps.shape == pred.heatmaps.shape
     try:
         main([sys.argv[1], sys.argv[2], "--out", sys.argv[3]], standalone_mode=False)
     except SystemExit as e:

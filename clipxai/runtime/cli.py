@@ -70,16 +70,27 @@ def _write_atomic(path: Path, write) -> None:
 @click.option("--threads", type=click.IntRange(1), default=None, help="onnxruntime intra-op threads.")
 @click.option("--background-threshold", type=click.FloatRange(0, 1), default=None,
               help="Mark pixels whose winning class's heatmap is below this as background.")
+@click.option("--slide", "slide_stride", type=int, default=None, metavar="STRIDE",
+              help="Sliding-window inference: windows of the bundle's size every STRIDE pixels (needs --short-side).")
+@click.option("--short-side", type=int, default=None, metavar="N",
+              help="With --slide: resize the image so its short side is N pixels (>= the bundle's size).")
+@click.option("--logit-scale", type=float, default=None, help="Segmentation: softmax(scale * similarity) over classes.")
+@click.option("--prob-threshold", type=float, default=None,
+              help="Segmentation: background where the winning class's probability is below this (needs --logit-scale).")
+@click.option("--background-classes", default=None,
+              help="Segmentation: comma-separated classes whose pixels are background.")
 @click.option("--trt-fp16", is_flag=True, help="TensorRT: allow fp16 kernels.")
 @click.option("--trt-cache", type=click.Path(file_okay=False), default=None, help="TensorRT engine cache folder.")
 @click.option("--no-overlays", is_flag=True, help="Skip the per-class heatmap overlays.")
 def main(bundle, inputs, out_dir, classes_text, batch_size, providers, threads, background_threshold,
-         trt_fp16, trt_cache, no_overlays):
+         slide_stride, short_side, logit_scale, prob_threshold, background_classes, trt_fp16, trt_cache, no_overlays):
     """Segment images with a clipxai bundle: heatmap overlays, a segmentation and a JSON per image."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         failures, done = run(bundle, list(inputs), Path(out_dir), classes_text, batch_size, providers, threads,
-                             background_threshold, trt_fp16, trt_cache, no_overlays)
+                             background_threshold, trt_fp16, trt_cache, no_overlays,
+                             slide=(slide_stride, short_side), logit_scale=logit_scale,
+                             prob_threshold=prob_threshold, background_classes=background_classes)
     except ClipxaiError as e:
         click.secho(f"error: {e}", fg="red", err=True)
         sys.exit(2)
@@ -96,13 +107,22 @@ def main(bundle, inputs, out_dir, classes_text, batch_size, providers, threads, 
 
 
 def run(bundle_path, inputs, out_dir: Path, classes_text, batch_size, providers, threads, background_threshold,
-        trt_fp16, trt_cache, no_overlays):
+        trt_fp16, trt_cache, no_overlays, slide=(None, None), logit_scale=None, prob_threshold=None,
+        background_classes=None):
     from clipxai.runtime.predictor import Predictor
     from clipxai.runtime.preprocess import open_image
     from clipxai.vocabulary import parse_class_list
 
     predictor = Predictor.from_bundle(bundle_path, providers=providers, threads=threads, trt_fp16=trt_fp16,
                                       trt_cache_dir=trt_cache, background_threshold=background_threshold)
+    predictor.set_segmentation(logit_scale, prob_threshold,
+                               parse_class_list(background_classes) if background_classes else ())
+    stride, short_side = slide
+    if (stride is None) != (short_side is None):
+        raise ClipxaiError("--slide and --short-side go together: give both (e.g. --slide 112 --short-side 336)")
+    if stride is not None:
+        from clipxai.runtime.sliding import check_slide
+        check_slide(stride, short_side, predictor.bundle.image_size)
     subset = None
     if classes_text is not None:
         subset = parse_class_list(classes_text)
@@ -133,7 +153,10 @@ def run(bundle_path, inputs, out_dir: Path, classes_text, batch_size, providers,
                     bar.update(1)
             if not batch:
                 continue
-            preds = predictor.predict_batch([im for _, im in batch], batch_size=len(batch))
+            if stride is None:
+                preds = predictor.predict_batch([im for _, im in batch], batch_size=len(batch))
+            else:
+                preds = [predictor.predict_slide(im, stride, short_side, batch_size) for _, im in batch]
             for (f, im), pred in zip(batch, preds):
                 if subset is not None:
                     pred = pred.select(subset)

@@ -18,7 +18,7 @@ import numpy as np
 from clipxai.contract import INPUT_IMAGE, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
 from clipxai.errors import ClipxaiError
 from clipxai.runtime.bundle import Bundle, check_graph_io, load_bundle
-from clipxai.runtime.postprocess import points_from_map, resize_bilinear, segment
+from clipxai.runtime.postprocess import SegmentOptions, points_from_map, resize_bilinear, segment
 from clipxai.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageInput, open_image, preprocess
 from clipxai.runtime.backends import open_session
 from clipxai.runtime.providers import ProviderSpec
@@ -35,6 +35,12 @@ class Prediction:
     scores: float32 [K] zero-shot class probabilities from the class token.
     heatmaps_grid: float32 [K, g, g] per-class min-max maps on the token grid.
     size: (H, W) of the original image.
+    options: segmentation settings used by ``segmentation`` (see ``segment``).
+
+    From ``Predictor.predict_slide`` the grid is the resized image's pixels, (h, w)
+    instead of (g, g): similarity [h·w, K] holds the averaged logits, heatmaps_grid
+    [K, h, w] their min-max, and points are taken on a grid downsampled by
+    ``points_down_sample`` (2 × the patch size there, 2 cells otherwise).
     """
 
     classes: list[str]
@@ -43,10 +49,17 @@ class Prediction:
     heatmaps_grid: np.ndarray
     size: tuple[int, int]
     background_threshold: float | None = None
+    options: SegmentOptions = SegmentOptions()
+    points_down_sample: int = 2
 
     @property
     def grid_size(self) -> int:
         return self.heatmaps_grid.shape[-1]
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """(gh, gw) of heatmaps_grid: (g, g), or (h, w) for a sliding-window prediction."""
+        return tuple(self.heatmaps_grid.shape[-2:])
 
     @cached_property
     def heatmaps(self) -> np.ndarray:
@@ -64,10 +77,23 @@ class Prediction:
 
     @cached_property
     def segmentation(self) -> np.ndarray:
-        """int32 [H, W]: argmax class of the upsampled similarity; -1 where the winner's
-        heatmap is below ``background_threshold`` (when set)."""
-        return segment(self.similarity, self.grid_size, *self.size, heatmaps_grid=self.heatmaps_grid,
-                       background_threshold=self.background_threshold)
+        """int32 [H, W]: argmax class of the upsampled similarity; -1 (background) where the
+        winner's heatmap is below ``background_threshold`` or as ``options`` say."""
+        o = self.options
+        return self.segment(o.logit_scale, o.prob_threshold, o.background_classes, self.background_threshold)
+
+    def segment(self, logit_scale: float | None = None, prob_threshold: float | None = None,
+                background_classes: Sequence[str] = (), background_threshold: float | None = None) -> np.ndarray:
+        """int32 [H, W] segmentation with explicit settings, -1 = background: the argmax class of
+        the upsampled similarity s, set to -1 where max softmax(logit_scale · s) < prob_threshold,
+        where the winner is one of ``background_classes``, or where the winner's heatmap is
+        below ``background_threshold``. Raises ClipxaiError for bad settings."""
+        opts = SegmentOptions(logit_scale, prob_threshold, tuple(background_classes)).checked(self.classes)
+        if background_threshold is not None and not 0.0 <= background_threshold <= 1.0:
+            raise ClipxaiError(f"background_threshold must be in [0, 1], got {background_threshold}")
+        return segment(self.similarity, self.grid_shape, *self.size, heatmaps_grid=self.heatmaps_grid,
+                       background_threshold=background_threshold, logit_scale=opts.logit_scale,
+                       prob_threshold=opts.prob_threshold, background=opts.background_indices(self.classes))
 
     @property
     def top_class(self) -> int:
@@ -79,14 +105,18 @@ class Prediction:
         M = 2n: n positive points (label 1) from the hottest cells, n negative (label 0)
         from the coldest, of the grid map downsampled by 2 (DESIGN section 6).
         """
-        return points_from_map(self.heatmaps_grid[k], *self.size, threshold=threshold)
+        return points_from_map(self.heatmaps_grid[k], *self.size, threshold=threshold,
+                               down_sample=self.points_down_sample)
 
     def select(self, names: Sequence[str]) -> "Prediction":
         """The same prediction restricted to some classes (segmentation among them only;
         scores stay the probabilities over the bundle's whole vocabulary)."""
         idx = [self.classes.index(n) for n in names]
-        return Prediction([self.classes[i] for i in idx], self.similarity[:, idx], self.scores[idx],
-                          self.heatmaps_grid[idx], self.size, self.background_threshold)
+        kept = [self.classes[i] for i in idx]
+        o = self.options
+        options = SegmentOptions(o.logit_scale, o.prob_threshold, tuple(c for c in o.background_classes if c in kept))
+        return Prediction(kept, self.similarity[:, idx], self.scores[idx], self.heatmaps_grid[idx], self.size,
+                          self.background_threshold, options, self.points_down_sample)
 
 
 class Predictor:
@@ -98,6 +128,7 @@ class Predictor:
         self.session = session
         self.max_pixels = max_pixels
         self.background_threshold = background_threshold
+        self.segment_options = SegmentOptions()
         self._outputs = [OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS]
         self._buffer = np.empty((0, 3, bundle.image_size, bundle.image_size), np.float32)
 
@@ -136,6 +167,24 @@ class Predictor:
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
+    def set_segmentation(self, logit_scale: float | None = None, prob_threshold: float | None = None,
+                         background_classes: Sequence[str] = ()) -> None:
+        """Segmentation settings for the predictions that follow (see ``Prediction.segment``):
+        logit_scale > 0, prob_threshold in [0, 1] (needs logit_scale), background class names."""
+        self.segment_options = SegmentOptions(logit_scale, prob_threshold,
+                                              tuple(background_classes)).checked(self.classes)
+
+    def predict_slide(self, image: ImageInput, stride: int, short_side: int, batch_size: int = 8) -> Prediction:
+        """Sliding-window prediction (clipxai.runtime.sliding): resize so the short side is
+        ``short_side`` (>= S), run S x S windows every ``stride`` pixels (1 <= stride <= S),
+        ``batch_size`` windows per graph run, and average the upsampled similarity logits.
+        Heatmaps [K, H, W] and segmentation [H, W] are at the original size; scores [K] are
+        those of ``predict`` (one pass of the whole image)."""
+        from clipxai.runtime.sliding import slide_prediction
+        if batch_size < 1:
+            raise ClipxaiError(f"batch_size must be >= 1, got {batch_size}")
+        return slide_prediction(self, open_image(image, self.max_pixels), stride, short_side, batch_size)
+
     def predict(self, image: ImageInput) -> Prediction:
         """image: a path, a PIL.Image, or an HxWx3 uint8 RGB ndarray -> Prediction."""
         return self.predict_batch([image], batch_size=1)[0]
@@ -159,5 +208,5 @@ class Predictor:
             preprocess(im, s, self.bundle.mean, self.bundle.std, out=self._buffer[i])
         sim, scores, maps = self.session.run(self._outputs, {INPUT_IMAGE: self._buffer[:b]})
         classes = self.classes
-        return [Prediction(classes, sim[i], scores[i], maps[i], (im.height, im.width), self.background_threshold)
-                for i, im in enumerate(pil)]
+        return [Prediction(classes, sim[i], scores[i], maps[i], (im.height, im.width), self.background_threshold,
+                           self.segment_options) for i, im in enumerate(pil)]
