@@ -1,16 +1,20 @@
 #!/usr/bin/env python
-"""Benchmark the runtime against the PyTorch reference surgery pipeline, side by side.
+"""Benchmark the runtime (fp32, int8, fp16 bundles) against the PyTorch reference, side by side.
 
-Both pipelines take the same image (examples/rocket.jpg, 640x427) and return
+Every pipeline takes the same image (examples/rocket.jpg, 640x427) and returns
 per-class heatmaps at the original size:
 
 - reference: torchvision preprocessing, the reference formulation of CLIP
   Surgery in PyTorch (tests/reference.py: both paths in full through the
   surgery blocks, element-wise feature surgery), torch bilinear upsampling;
-- runtime: clipxai.runtime.Predictor on an exported fp32 bundle (onnxruntime CPU).
+- runtime: clipxai.runtime.Predictor on an exported bundle (onnxruntime CPU),
+  one row per precision. fp16 is measured only where a GPU provider exists.
 
-Each pipeline runs in its own subprocess (for honest peak RSS and cold start),
+Each pipeline runs in its own subprocess (honest peak RSS and cold start),
 with the same weights and thread count. Figures are medians of --runs runs.
+The run also measures this machine's fp32 ceiling (onnxruntime MatMul,
+2048x2048x2048) and counts the model's FLOPs analytically, so it can print
+the achieved GFLOP/s as a fraction of the ceiling.
 
     .venv/bin/python scripts/benchmark.py --sizes 224 448 --runs 5
 """
@@ -32,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ROCKET = ROOT / "examples" / "rocket.jpg"
 CLASSES = "rocket,sky,smoke,tree,ground"
+BATCHES = (1, 4)
 
 
 def median_ms(fn, runs):
@@ -43,31 +48,85 @@ def median_ms(fn, runs):
     return statistics.median(times)
 
 
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- FLOPs and ceiling
+
+def surgery_vit_gflop(width, layers, heads, patch, image_size, embed_dim, classes, surgery_blocks,
+                      mlp_ratio=4.0):
+    """Analytic GFLOP (a multiply-add = 2) of one image through the exported surgery graph.
+
+    Blocks 0..L-2: full original path. Last block: v for all tokens; the class
+    token's query, its attention row through u = W_kᵀ q (no keys), out-projection
+    and MLP. Surgery path (last ``surgery_blocks``): v-v attention +
+    out-projection. Then ln_post/proj for all tokens and the similarity.
+    (tests/test_benchmark_flops.py checks this against the exported graph.)
+    """
+    c, n = width, (image_size // patch) ** 2
+    t = n + 1
+    m = mlp_ratio * c
+    attention = 4 * t * t * c                       # q kᵀ and A v
+    full_block = 2 * t * c * 3 * c + attention + 2 * t * c * c + 4 * t * c * m
+    last_block = (2 * t * c * c + 2 * c * c + 2 * c * c   # v; q of the class token; u = W_kᵀ q per head
+                  + 2 * t * c * heads + 2 * t * c          # u·h for every key; A v
+                  + 2 * c * c + 4 * c * m)                 # out-projection, MLP
+    surgery_path = surgery_blocks * (attention + 2 * t * c * c)
+    flops = (2 * n * 3 * patch * patch * c         # patch embedding
+             + (layers - 1) * full_block + last_block + surgery_path
+             + 2 * t * c * embed_dim                # ln_post @ proj
+             + 2 * t * embed_dim * classes)         # similarity
+    return flops / 1e9
+
+
+def fp32_ceiling_gflops(threads, n=2048, runs=7):
+    """onnxruntime MatMul on an n x n x n GEMM, fp32, this thread count: median GFLOP/s."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    info = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "abc"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", info[:2], info[2:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"a": rng.random((n, n), dtype=np.float32), "b": rng.random((n, n), dtype=np.float32)}
+    sess.run(None, feed)
+    ms = median_ms(lambda: sess.run(None, feed), runs)
+    return 2 * n ** 3 / (ms / 1000) / 1e9
+
+
+# ---------------------------------------------------------------- workers
+
 def worker_runtime(a):
     t0 = time.perf_counter()
     from clipxai.runtime import Predictor
     from clipxai.runtime.postprocess import resize_bilinear
     from clipxai.runtime.preprocess import open_image, preprocess
     t_import = time.perf_counter()
-    p = Predictor.from_bundle(a.bundle, providers="cpu", threads=a.threads)
+    p = Predictor.from_bundle(a.bundle, providers=a.providers, threads=a.threads)
     t_session = time.perf_counter()
-    pred = p.predict(ROCKET)
-    _ = pred.heatmaps
+    _ = p.predict(ROCKET).heatmaps
     t_first = time.perf_counter()
+    out = {"cold_import_s": t_import - t0, "cold_load_s": t_session - t_import, "cold_first_s": t_first - t_session,
+           "provider": p.provider}
+    if a.cold_only:
+        return out
     b = p.bundle
     s = b.image_size
     x = preprocess(open_image(ROCKET), s, b.mean, b.std)[None]
-    out = {}
     out["pre_ms"] = median_ms(lambda: preprocess(open_image(ROCKET), s, b.mean, b.std), a.runs)
     out["infer_ms"] = median_ms(lambda: p.session.run(None, {"image": x}), a.runs)
     maps = p.session.run(None, {"image": x})[2][0]
     out["post_ms"] = median_ms(lambda: resize_bilinear(maps, 427, 640), a.runs)
-    out["total_ms"] = median_ms(lambda: p.predict(ROCKET).heatmaps, a.runs)
-    imgs = [ROCKET] * 4
-    for bs in (1, 4):
-        ms = median_ms(lambda: [q.heatmaps for q in p.predict_batch(imgs, batch_size=bs)], max(a.runs // 2, 3))
-        out[f"ips_b{bs}"] = 4000.0 / ms
-    out.update(cold_import_s=t_import - t0, cold_session_s=t_session - t_import, cold_first_s=t_first - t_session)
+    out["total_ms_b1"] = median_ms(lambda: p.predict(ROCKET).heatmaps, a.runs)
+    out["peak_rss_b1_mb"] = peak_rss_mb()
+    x4 = x.repeat(4, 0)
+    out["infer_ms_b4"] = median_ms(lambda: p.session.run(None, {"image": x4}), a.runs)
+    out["total_ms_b4"] = median_ms(lambda: [q.heatmaps for q in p.predict_batch([ROCKET] * 4, batch_size=4)],
+                                   a.runs)
     return out
 
 
@@ -109,25 +168,32 @@ def worker_torch(a):
 
     pipeline()
     t_first = time.perf_counter()
+    out = {"cold_import_s": t_import - t0, "cold_load_s": t_session - t_import, "cold_first_s": t_first - t_session,
+           "provider": "torch CPU"}
     x = pre()
     sim = infer(x)
-    out = {"pre_ms": median_ms(pre, a.runs), "infer_ms": median_ms(lambda: infer(x), a.runs),
-           "post_ms": median_ms(lambda: post(sim), a.runs), "total_ms": median_ms(pipeline, a.runs)}
-    for bs in (1, 4):
-        ms = median_ms(lambda: [pipeline(bs) for _ in range(4 // bs)], max(a.runs // 2, 3))
-        out[f"ips_b{bs}"] = 4000.0 / ms
-    out.update(cold_import_s=t_import - t0, cold_session_s=t_session - t_import, cold_first_s=t_first - t_session)
+    out.update(pre_ms=median_ms(pre, a.runs), infer_ms=median_ms(lambda: infer(x), a.runs),
+               post_ms=median_ms(lambda: post(sim), a.runs), total_ms_b1=median_ms(pipeline, a.runs))
+    out["peak_rss_b1_mb"] = peak_rss_mb()
+    x4 = x.repeat(4, 1, 1, 1)
+    out["infer_ms_b4"] = median_ms(lambda: infer(x4), a.runs)
+    out["total_ms_b4"] = median_ms(lambda: pipeline(4), a.runs)
     return out
 
 
-def run_worker(kind, a, bundle, size):
+def run_worker(kind, a, bundle, size, extra=()):
     cmd = [sys.executable, __file__, "--worker", kind, "--bundle", str(bundle), "--size", str(size),
-           "--runs", str(a.runs), "--threads", str(a.threads), "--backbone", a.backbone, "--pretrained", a.pretrained]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(a.threads)))
+           "--runs", str(a.runs), "--threads", str(a.threads), "--backbone", a.backbone, "--pretrained", a.pretrained,
+           "--providers", a.providers, *extra]
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), CLIPXAI_CACHE_DIR=a.cache_dir)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode:
         sys.exit(f"{kind} worker failed:\n{r.stderr}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return out
 
+
+# ---------------------------------------------------------------- main
 
 def cpu_name():
     try:
@@ -139,56 +205,114 @@ def cpu_name():
     return platform.processor() or "unknown CPU"
 
 
+def export(a, bundle, size, precision):
+    if (bundle / "manifest.json").exists():
+        return
+    print(f"exporting {bundle} ...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "clipxai.export.cli", "--backbone", a.backbone, "--pretrained",
+                    a.pretrained, "--classes", CLASSES, "--image-size", str(size), "--precision", precision,
+                    "--output", str(bundle), "--force"], check=True, stdout=subprocess.DEVNULL)
+
+
+def bundle_mb(bundle):
+    return sum(f.stat().st_size for f in Path(bundle).iterdir() if f.is_file()) / 2 ** 20
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", choices=["runtime", "torch"])
+    ap.add_argument("--cold-only", action="store_true")
     ap.add_argument("--bundle")
     ap.add_argument("--size", type=int)
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "int8", "fp16"], choices=["fp32", "int8", "fp16"])
     ap.add_argument("--backbone", default="ViT-B/16")
-    ap.add_argument("--pretrained", default="random", help="weights for both pipelines (random needs no network)")
+    ap.add_argument("--pretrained", default="random", help="weights for every pipeline (random needs no network)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--providers", default="cpu", help="runtime provider (cpu, cuda, tensorrt)")
     ap.add_argument("--bundle-dir", help="reuse/keep exported bundles here")
+    ap.add_argument("--cache-dir", default=None, help="graph cache for the runtime workers (default: a fresh one)")
     a = ap.parse_args()
 
     if a.worker:
         out = worker_runtime(a) if a.worker == "runtime" else worker_torch(a)
-        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        out["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(out))
         return
 
-    bundle_dir = Path(a.bundle_dir or tempfile.mkdtemp(prefix="clipxai-bench-"))
-    rows = []
-    for size in a.sizes:
-        bundle = bundle_dir / f"{a.backbone.replace('/', '-')}-{size}"
-        if not (bundle / "manifest.json").exists():
-            print(f"exporting {bundle} ...", file=sys.stderr)
-            subprocess.run([sys.executable, "-m", "clipxai.export.cli", "--backbone", a.backbone, "--pretrained",
-                            a.pretrained, "--classes", CLASSES, "--image-size", str(size), "--output", str(bundle),
-                            "--force"], check=True, stdout=subprocess.DEVNULL)
-        print(f"measuring {size} ...", file=sys.stderr)
-        t = run_worker("torch", a, bundle, size)
-        r = run_worker("runtime", a, bundle, size)
-        rows.append((size, t, r))
+    import onnxruntime as ort
+    import open_clip
+    from clipxai.models.backbones import resolve_backbone
 
-    print(f"\n{a.backbone} ({a.pretrained} weights), {len(CLASSES.split(','))} classes, 640x427 input, "
-          f"{a.threads} threads, median of {a.runs} runs")
-    print(f"CPU: {cpu_name()}; Python {platform.python_version()}\n")
-    hdr = ("| size | pipeline | pre ms | infer ms | post ms | image→heatmaps ms | img/s b1 | img/s b4 | "
-           "peak RSS MB | cold: import / load / 1st image s |")
-    print(hdr)
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
-    for size, t, r in rows:
-        for name, d in (("torch reference", t), ("clipxai runtime", r)):
+    a.cache_dir = a.cache_dir or tempfile.mkdtemp(prefix="clipxai-bench-cache-")
+    gpu = any(p in ort.get_available_providers() for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
+    precisions = [p for p in a.precisions if p != "fp16" or gpu]
+    skipped_fp16 = "fp16" in a.precisions and not gpu
+    choice = resolve_backbone(a.backbone)
+    cfg = open_clip.get_model_config(choice.spec.open_clip_name)
+    vcfg = cfg["vision_cfg"]
+    n_classes = len(CLASSES.split(","))
+
+    print(f"measuring the fp32 ceiling (onnxruntime MatMul 2048^3, {a.threads} threads) ...", file=sys.stderr)
+    ceiling = fp32_ceiling_gflops(a.threads)
+    bundle_dir = Path(a.bundle_dir or tempfile.mkdtemp(prefix="clipxai-bench-"))
+    results = []
+    for size in a.sizes:
+        heads = vcfg["width"] // vcfg.get("head_width", 64)
+        gflop = surgery_vit_gflop(vcfg["width"], vcfg["layers"], heads, vcfg["patch_size"], size, cfg["embed_dim"],
+                                  n_classes, choice.spec.surgery_blocks, vcfg.get("mlp_ratio", 4.0))
+        rows = {}
+        for prec in precisions:
+            bundle = bundle_dir / f"{a.backbone.replace('/', '-')}-{size}-{prec}"
+            export(a, bundle, size, prec)
+            if prec == "fp32":
+                print(f"measuring the torch reference at {size} ...", file=sys.stderr)
+                rows["torch reference"] = run_worker("torch", a, bundle, size)
+            print(f"measuring {prec} at {size} ...", file=sys.stderr)
+            first = run_worker("runtime", a, bundle, size, ["--cold-only"])  # fills the graph cache
+            r = run_worker("runtime", a, bundle, size)
+            r["cold_first_ever_s"] = first["cold_import_s"] + first["cold_load_s"] + first["cold_first_s"]
+            r["bundle_mb"] = bundle_mb(bundle)
+            rows[f"clipxai {prec}"] = r
+        results.append((size, gflop, rows))
+
+    print(f"\n{a.backbone} ({a.pretrained} weights), {n_classes} classes, 640x427 input, {a.threads} threads, "
+          f"median of {a.runs} runs")
+    print(f"CPU: {cpu_name()}; Python {platform.python_version()}; onnxruntime {ort.__version__}")
+    print(f"fp32 ceiling (onnxruntime MatMul 2048x2048x2048): {ceiling:.1f} GFLOP/s")
+    if skipped_fp16:
+        print("fp16: no GPU provider on this machine, so no fp16 row (its fidelity is measured on the CPU at export)")
+    print("\nimage -> heatmaps (preprocessing, graph, upsampling to 640x427); GFLOP/s and % of the ceiling are "
+          "for the graph alone (model FLOPs / graph time; int8 counts the same FLOPs)\n")
+    print("| size | GFLOP/img | pipeline | batch | ms / batch | img/s | graph ms | GFLOP/s | % ceiling | "
+          "speed vs reference |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for size, gflop, rows in results:
+        ref = rows["torch reference"]
+        for name, d in rows.items():
+            for bs in BATCHES:
+                total = d[f"total_ms_b{bs}"]
+                infer = d["infer_ms"] if bs == 1 else d["infer_ms_b4"]
+                gfs = gflop * bs / (infer / 1000)
+                ratio = ref[f"total_ms_b{bs}"] / total
+                print(f"| {size} | {gflop:.1f} | {name} | {bs} | {total:.1f} | {1000 * bs / total:.2f} | "
+                      f"{infer:.1f} | {gfs:.1f} | {100 * gfs / ceiling:.0f}% | "
+                      f"{'—' if name == 'torch reference' else f'**{ratio:.2f}×**'} |")
+    print("\nbatch 1 in parts, memory and cold start (import / load / first image; first ever = with an empty "
+          "graph cache)\n")
+    print("| size | pipeline | pre ms | graph ms | post ms | peak RSS b1 MB | peak RSS b4 MB | bundle MB | "
+          "RSS budget 1.5×bundle+150 | cold s | first ever s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for size, _, rows in results:
+        for name, d in rows.items():
+            cold = d["cold_import_s"] + d["cold_load_s"] + d["cold_first_s"]
+            budget = f"{1.5 * d['bundle_mb'] + 150:.0f}" if "bundle_mb" in d else "—"
             print(f"| {size} | {name} | {d['pre_ms']:.1f} | {d['infer_ms']:.1f} | {d['post_ms']:.1f} | "
-                  f"{d['total_ms']:.1f} | {d['ips_b1']:.2f} | {d['ips_b4']:.2f} | {d['peak_rss_mb']:.0f} | "
-                  f"{d['cold_import_s']:.2f} / {d['cold_session_s']:.2f} / {d['cold_first_s']:.2f} |")
-        print(f"| {size} | **ratio (reference / runtime)** | {t['pre_ms'] / r['pre_ms']:.2f}× | "
-              f"{t['infer_ms'] / r['infer_ms']:.2f}× | {t['post_ms'] / r['post_ms']:.2f}× | "
-              f"**{t['total_ms'] / r['total_ms']:.2f}×** | {r['ips_b1'] / t['ips_b1']:.2f}× | "
-              f"{r['ips_b4'] / t['ips_b4']:.2f}× | {t['peak_rss_mb'] / r['peak_rss_mb']:.2f}× | "
-              f"{sum(t[k] for k in t if k.startswith('cold')) / sum(r[k] for k in r if k.startswith('cold')):.2f}× |")
+                  f"{d['peak_rss_b1_mb']:.0f} | {d['peak_rss_mb']:.0f} | "
+                  f"{d.get('bundle_mb', 0):.0f} | {budget} | {cold:.2f} "
+                  f"({d['cold_import_s']:.2f}/{d['cold_load_s']:.2f}/{d['cold_first_s']:.2f}) | "
+                  f"{d.get('cold_first_ever_s', float('nan')):.2f} |")
 
 
 if __name__ == "__main__":

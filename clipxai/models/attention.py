@@ -70,6 +70,22 @@ def attend(
     return weights @ v
 
 
+def class_row_attention(attn: nn.MultiheadAttention, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention output of token 0 alone, without forming k: h [B, T, C], v [B, H, T, d] -> [B, H, 1, d].
+
+    Per head, s·q0·k_jᵀ = (s·W_kᵀ q0)·h_j + s·q0·b_k. The second term is the same for
+    every key j and cancels in the softmax, so one C-vector u = s·W_kᵀ q0 per head
+    replaces the key projection of all T tokens (2·T·C² multiply-adds -> 2·T·C·H).
+    """
+    c, heads = attn.embed_dim, attn.num_heads
+    d = c // heads
+    q0 = project(attn, h[:, :1], "q")[0]                       # [B, H, 1, d]
+    w_k = attn.in_proj_weight[c:2 * c].reshape(heads, d, c)     # [H, d, C]
+    u = (q0 * d ** -0.5) @ w_k                                  # [B, H, 1, C]
+    scores = u @ h.unsqueeze(1).transpose(-2, -1)               # [B, H, 1, T]
+    return scores.softmax(dim=-1) @ v
+
+
 def out_proj(attn: nn.MultiheadAttention, heads_out: torch.Tensor) -> torch.Tensor:
     """W_o · (merged heads) + b_o: [B, H, T, d] -> [B, T, C]."""
     return attn.out_proj(merge_heads(heads_out))

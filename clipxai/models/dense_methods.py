@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipxai.errors import ClipxaiError
-from clipxai.models.attention import attend, out_proj, plain_block, project
+from clipxai.models.attention import attend, class_row_attention, out_proj, plain_block, project
 from clipxai.models.surgery import check_vit_structure, resize_pos_embed
 
 NACLIP_SIGMA = 5.0
@@ -192,9 +192,8 @@ class DenseViT(nn.Module):
         if self.spec.alters_last_block:
             # The plain last block, for the class token alone: its query row and MLP.
             h = last.ln_1(x)
-            k, v = project(last.attn, h, "kv")
-            q0 = project(last.attn, h[:, :1], "q")[0]
-            cls = _mlp(last, x[:, :1] + out_proj(last.attn, attend(q0, k, v)))
+            v = project(last.attn, h, "v")[0]
+            cls = _mlp(last, x[:, :1] + out_proj(last.attn, class_row_attention(last.attn, h, v)))
             dense = torch.cat([cls, dense[:, 1:]], dim=1)
         return self.visual.ln_post(dense) @ self.visual.proj
 

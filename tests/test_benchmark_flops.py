@@ -1,0 +1,52 @@
+"""The benchmark's analytic FLOP count equals the FLOPs of the exported graph's MatMuls and Conv."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+from clipxai.export.pipeline import ExportConfig, export_bundle
+from tiny import TINY, TINY_CFG, TINY_HEADS, TINY_SURGERY_BLOCKS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _benchmark_module():
+    spec = importlib.util.spec_from_file_location("clipxai_benchmark", ROOT / "scripts" / "benchmark.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def graph_gflop(path: Path) -> float:
+    """Sum of 2·(output elements)·(reduction length) over MatMul and Conv nodes, at batch 1."""
+    m = onnx.load(str(path))
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    m = SymbolicShapeInference.infer_shapes(m, auto_merge=True)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output)}
+    shapes.update({t.name: list(t.dims) for t in m.graph.initializer})
+    total = 0
+    for n in m.graph.node:
+        if n.op_type == "MatMul":
+            total += 2 * int(np.prod(shapes[n.output[0]])) * shapes[n.input[0]][-1]
+        elif n.op_type == "Conv":
+            total += 2 * int(np.prod(shapes[n.output[0]])) * int(np.prod(shapes[n.input[1]][1:]))
+    return total / 1e9
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_analytic_flops_match_the_graph(tmp_path, size):
+    classes = ["a", "b", "c"]
+    res = export_bundle(ExportConfig(output=tmp_path / "b", classes=classes, backbone=TINY.name,
+                                     pretrained="random", image_size=size))
+    v = TINY_CFG["vision_cfg"]
+    want = _benchmark_module().surgery_vit_gflop(v["width"], v["layers"], TINY_HEADS, v["patch_size"], size,
+                                                 TINY_CFG["embed_dim"], len(classes), TINY_SURGERY_BLOCKS)
+    got = graph_gflop(res.path / "model.onnx")
+    assert got == pytest.approx(want, rel=1e-4), (got, want)
