@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import onnx
@@ -104,7 +105,7 @@ def _broken_int8(src, dst):
     return desc
 
 
-def test_fidelity_gate_refuses_a_broken_graph(tmp_path, monkeypatch):
+def test_fidelity_gate_refuses_a_broken_graph(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(precision.CONVERTERS, "int8", _broken_int8)
     with pytest.raises(VerificationError, match=r"fails the fidelity gate: heatmap correlation -?0\.\d+ < 0\.98; segmentation pixel agreement"):
         _export(tmp_path, precision="int8")
@@ -113,6 +114,10 @@ def test_fidelity_gate_refuses_a_broken_graph(tmp_path, monkeypatch):
     res = _export(tmp_path, precision="int8", force=True)
     f = read_manifest(res.path)["fidelity"]
     assert f["passed"] is False and f["correlation"] < 0.98
+    # ... and the runtime says so when it loads it.
+    caplog.set_level(logging.WARNING, logger="clipxai")
+    Predictor.from_bundle(res.path, providers="cpu")
+    assert "FAILED its fidelity gate" in caplog.text
 
 
 def test_cli_precision_reports_fidelity(tmp_path):

@@ -155,6 +155,12 @@ class Predictor:
         session = open_session(bundle, backend, providers, threads, trt_fp16, trt_cache_dir, engine,
                                graph_cache=graph_cache, cache_dir=cache_dir)
         check_graph_io(bundle, session)
+        fidelity = bundle.manifest.get("fidelity") or {}
+        if fidelity.get("passed") is False:
+            log.warning("%s: this %s bundle FAILED its fidelity gate at export (heatmap correlation %.4f, "
+                        "pixel agreement %.1f%%) and was written with --force; its maps may be wrong",
+                        bundle.path, bundle.manifest["precision"], fidelity.get("correlation", float("nan")),
+                        100 * fidelity.get("pixel_agreement", float("nan")))
         log.info("loaded %s: %s on %s, %d classes, %dx%d", bundle.path, bundle.manifest["backbone"]["name"],
                  session.get_providers()[0], len(bundle.classes), bundle.image_size, bundle.image_size)
         return cls(bundle, session, max_pixels, background_threshold)
