@@ -56,8 +56,10 @@ def _human(n: int) -> str:
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Where open_clip keeps downloaded weights.")
 @click.option("--text-batch-size", type=click.IntRange(1), default=256, show_default=True, help="Prompts per text-encoder batch.")
+@click.option("--text-encoder", is_flag=True,
+              help="Also export the text tower and BPE vocabulary, so the device can set any classes.")
 def main(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, output, force, no_verify,
-         opset, cache_dir, text_batch_size):
+         opset, cache_dir, text_batch_size, text_encoder):
     """Export a CLIP Surgery backbone and a class vocabulary as an ONNX bundle.
 
     Exit status: 0 done, 2 bad input or failed verification, 3 weights could not
@@ -65,7 +67,7 @@ def main(backbone, method, pretrained, classes_text, classes_file, image_size, r
     """
     try:
         result = run(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, output, force,
-                     no_verify, opset, cache_dir, text_batch_size)
+                     no_verify, opset, cache_dir, text_batch_size, text_encoder)
     except ClipxaiError as e:
         click.secho(f"error: {e}", fg="red", err=True)
         sys.exit(3 if isinstance(e, WeightsUnavailableError) else 2)
@@ -77,6 +79,8 @@ def main(backbone, method, pretrained, classes_text, classes_file, image_size, r
     if v is not None:
         click.echo(f"verified: max abs error similarity {v['similarity']:.2e}, heatmaps {v['heatmaps']:.2e}, "
                    f"scores {v['scores']:.2e} (tolerance {v['tolerance']:g}, batch {v['batch']})")
+        if "text_encoder" in v:
+            click.echo(f"verified text encoder: max abs error {v['text_encoder']:.2e} (normalised embeddings)")
     else:
         click.echo("verification skipped (--no-verify)")
     click.echo(f"time: {result.seconds:.1f} s")
@@ -85,7 +89,7 @@ def main(backbone, method, pretrained, classes_text, classes_file, image_size, r
 
 
 def run(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, output, force, no_verify,
-        opset, cache_dir, text_batch_size):
+        opset, cache_dir, text_batch_size, text_encoder=False):
     # Imported here so that `--help` and option errors stay fast and torch-free.
     from clipxai.vocabulary import parse_class_list, read_classes_file
 
@@ -100,7 +104,7 @@ def run(backbone, method, pretrained, classes_text, classes_file, image_size, re
         raise ClipxaiError(f"the exporter needs the export extra ({e.name} is missing): pip install \"clipxai[export]\"")
     cfg = ExportConfig(output=Path(output), classes=classes, backbone=backbone, method=method, pretrained=pretrained,
                        image_size=image_size, redundancy=redundancy, force=force, verify=not no_verify,
-                       opset=opset, cache_dir=cache_dir, text_batch_size=text_batch_size)
+                       opset=opset, cache_dir=cache_dir, text_batch_size=text_batch_size, text_encoder=text_encoder)
     return export_bundle(cfg, ClickReporter())
 
 
