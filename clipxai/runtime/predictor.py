@@ -21,6 +21,9 @@ from clipxai.runtime.bundle import Bundle, check_graph_io, load_bundle
 from clipxai.runtime.postprocess import points_from_map, resize_bilinear, segment
 from clipxai.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageInput, open_image, preprocess
 from clipxai.runtime.providers import ProviderSpec, SessionOptions, create_session
+from clipxai.runtime.text_encoder import (
+    TextEncoder, build_vocabulary, initial_vocabulary, require_text_encoder, text_providers, vocabulary_feeds,
+)
 
 log = logging.getLogger("clipxai")
 
@@ -98,6 +101,8 @@ class Predictor:
         self.background_threshold = background_threshold
         self._outputs = [OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS]
         self._buffer = np.empty((0, 3, bundle.image_size, bundle.image_size), np.float32)
+        self._text_encoder = None
+        self.vocabulary = initial_vocabulary(bundle)  # None: the vocabulary is baked into the graph
 
     @classmethod
     def from_bundle(cls, path: str | Path, providers: ProviderSpec = "auto", threads: int | None = None,
@@ -120,7 +125,22 @@ class Predictor:
 
     @property
     def classes(self) -> list[str]:
-        return self.bundle.classes
+        return self.vocabulary.classes if self.vocabulary is not None else self.bundle.classes
+
+    def set_classes(self, names: Sequence[str], templates: Sequence[str] | None = None,
+                    cache: bool | str | Path = True) -> None:
+        """Use these class names from now on (bundles exported with ``--text-encoder``).
+
+        Encodes them with the prompt ensemble (``templates``: None for the 85 of
+        DESIGN section 5) on the device and recomputes the redundancy vector;
+        the maps equal those of a bundle exported with these classes.
+        cache: True (~/.cache/clipxai/text), False, or a cache directory.
+        """
+        if self._text_encoder is None:
+            require_text_encoder(self.bundle)
+            providers, threads = text_providers(self.session)
+            self._text_encoder = TextEncoder.from_bundle(self.bundle, providers, threads)
+        self.vocabulary = build_vocabulary(self.bundle, self._text_encoder, names, templates, cache)
 
     @property
     def provider(self) -> str:
@@ -147,7 +167,8 @@ class Predictor:
             self._buffer = np.empty((b, 3, s, s), np.float32)
         for i, im in enumerate(pil):
             preprocess(im, s, self.bundle.mean, self.bundle.std, out=self._buffer[i])
-        sim, scores, maps = self.session.run(self._outputs, {INPUT_IMAGE: self._buffer[:b]})
+        feeds = {INPUT_IMAGE: self._buffer[:b], **vocabulary_feeds(self.vocabulary)}
+        sim, scores, maps = self.session.run(self._outputs, feeds)
         classes = self.classes
         return [Prediction(classes, sim[i], scores[i], maps[i], (im.height, im.width), self.background_threshold)
                 for i, im in enumerate(pil)]
