@@ -15,6 +15,8 @@ MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 TEXT_EMBEDDINGS_FILE = "text_embeddings.npy"
 REDUNDANCY_FILE = "redundancy.npy"
+TEXT_ENCODER_FILE = "text_encoder.onnx"           # bundles exported with --text-encoder
+BPE_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"   # CLIP's BPE merges, copied from open_clip
 
 # ONNX graph inputs and outputs.
 INPUT_IMAGE = "image"                # float32 [B, 3, S, S], normalised RGB
@@ -23,8 +25,21 @@ OUTPUT_SCORES = "scores"             # float32 [B, K], softmax(logit_scale * cos
 OUTPUT_HEATMAPS = "heatmaps"         # float32 [B, K, g, g], per-class min-max over the N patches
 OUTPUTS = (OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS)
 
+# Image-graph inputs of a text-encoder bundle (the vocabulary is data, not constants).
+INPUT_TEXT = "text"                  # float32 [K, D], L2-normalised prompt-ensemble class embeddings
+INPUT_REDUNDANCY = "redundancy"      # float32 [D], prompt-ensemble embedding of the empty class name
+
+# The text-encoder graph: token ids -> unnormalised text embeddings (open_clip's encode_text).
+TEXT_INPUT_IDS = "input_ids"         # int64 [P, L], L <= CONTEXT_LENGTH; ids after the end token are ignored
+TEXT_INPUT_EOT = "eot_index"         # int64 [P], position of the end-of-text token in each row
+TEXT_OUTPUT = "embeddings"           # float32 [P, D], NOT normalised
+CONTEXT_LENGTH = 77
+
 # Feature-surgery redundancy modes (DESIGN section 6).
 REDUNDANCY_MODES = ("classes", "empty", "none")
+# Graph-only mode of text-encoder bundles: "classes" when K > 1, "empty" when K == 1,
+# chosen inside the graph from the shape of its text input (what an export would pick).
+REDUNDANCY_AUTO = "auto"
 
 # Methods: one bundle format for every training-free method (README "Methods").
 METHODS = ("surgery", "grad-eclip", "vanilla", "maskclip", "sclip", "clearclip", "naclip")

@@ -108,12 +108,12 @@ def test_verification_failure_writes_nothing(tmp_path, monkeypatch):
     import clipxai.export.pipeline as pipeline
     real_export = pipeline.export_onnx
 
-    def broken_export(model, path, opset):
+    def broken_export(model, path, opset, **kw):
         # A graph whose baked text embeddings are off by 1e-2: ORT must disagree with torch.
         saved = model.text.clone()
         model.text += 1e-2
         try:
-            return real_export(model, path, opset)
+            return real_export(model, path, opset, **kw)
         finally:
             model.text.copy_(saved)
 

@@ -76,6 +76,57 @@ def test_runtime_runs_with_torch_blocked(bundle, tmp_path):
     assert (tmp_path / "out" / "rocket_segmentation.png").exists()
 
 
+TEXT_SCRIPT = textwrap.dedent("""
+    import importlib.abc, json, sys
+    BLOCKED = {"torch", "torchvision", "open_clip", "onnx", "onnx_graphsurgeon", "timm", "ftfy", "regex"}
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    from clipxai.runtime import Predictor
+    from clipxai.runtime.cli import main
+    from clipxai.runtime.tokenizer import tokenize
+    ids = tokenize(["a photo of a red mug."], vocab_path=sys.argv[1] + "/bpe_simple_vocab_16e6.txt.gz")
+    p = Predictor.from_bundle(sys.argv[1], providers="cpu")
+    p.set_classes(["red mug", "table"], cache=sys.argv[4])
+    pred = p.predict(sys.argv[2])
+    try:
+        main([sys.argv[1], sys.argv[2], "--out", sys.argv[3], "--classes", "cup,chair", "--text-cache", sys.argv[4]],
+             standalone_mode=False)
+    except SystemExit as e:
+        assert not e.code, e.code
+    tops = {m.split(".")[0] for m in sys.modules if not m.startswith("__editable__")}
+    third = sorted(tops - set(sys.stdlib_module_names) - {"clipxai", "__main__", "_distutils_hack"})
+    print(json.dumps({"ids": ids[0, :8].tolist(), "classes": pred.classes, "maps": list(pred.heatmaps_grid.shape),
+                      "third_party": third, "torch_loaded": "torch" in sys.modules}))
+""")
+
+
+def test_tokenizer_and_set_classes_run_with_torch_blocked(tmp_path_factory, tmp_path):
+    import open_clip
+    from clipxai.export.pipeline import ExportConfig, export_bundle
+    bundle = export_bundle(ExportConfig(output=tmp_path_factory.mktemp("tft") / "b", classes=["sky", "rocket"],
+                                        backbone=TINY.name, pretrained="random", image_size=32,
+                                        text_encoder=True)).path
+    r = subprocess.run([sys.executable, "-c", TEXT_SCRIPT, str(bundle), str(ROCKET), str(tmp_path / "out"),
+                        str(tmp_path / "cache")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["ids"] == open_clip.get_tokenizer(TINY.open_clip_name)("a photo of a red mug.")[0, :8].tolist()
+    assert info["classes"] == ["red mug", "table"] and info["maps"] == [2, 4, 4]
+    assert not info["torch_loaded"]
+    allowed = {"numpy", "onnxruntime", "PIL", "click", "coloredlogs", "humanfriendly", "flatbuffers", "packaging",
+               "google", "sympy", "mpmath", "ml_dtypes"}
+    assert set(info["third_party"]) <= allowed, set(info["third_party"]) - allowed
+    rec = json.loads((tmp_path / "out" / "rocket.json").read_text())
+    assert set(rec["scores"]) == {"cup", "chair"}
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 4
+
+
 def test_base_dependencies_are_declared():
     import tomllib
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]

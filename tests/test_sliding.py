@@ -98,7 +98,7 @@ def test_one_window_equals_plain_inference(predictor):
     assert slid.grid_shape == (32, 32)
     assert np.abs(slid.heatmaps - plain.heatmaps).max() <= 1e-5
     np.testing.assert_array_equal(slid.segmentation, plain.segmentation)
-    np.testing.assert_array_equal(slid.scores, plain.scores)
+    assert np.abs(slid.scores - plain.scores).max() <= 1e-6  # same pass, other batch composition
     up = resize_bilinear(plain.similarity.T.reshape(len(CLASSES), 4, 4), 32, 32)
     assert np.abs(slid.similarity - up.reshape(len(CLASSES), -1).T).max() <= 1e-5
 

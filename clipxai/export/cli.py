@@ -62,9 +62,10 @@ def _human(n: int) -> str:
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Where open_clip keeps downloaded weights.")
 @click.option("--text-batch-size", type=click.IntRange(1), default=256, show_default=True, help="Prompts per text-encoder batch.")
+@click.option("--text-encoder", is_flag=True,
+              help="Also export the text tower and BPE vocabulary, so the device can set any classes.")
 def main(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, precision,
-         fidelity_images, output, force, no_verify,
-         opset, cache_dir, text_batch_size):
+         fidelity_images, output, force, no_verify, opset, cache_dir, text_batch_size, text_encoder):
     """Export a CLIP Surgery backbone and a class vocabulary as an ONNX bundle.
 
     Exit status: 0 done, 2 bad input or failed verification, 3 weights could not
@@ -72,8 +73,7 @@ def main(backbone, method, pretrained, classes_text, classes_file, image_size, r
     """
     try:
         result = run(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, precision,
-                     fidelity_images, output, force,
-                     no_verify, opset, cache_dir, text_batch_size)
+                     fidelity_images, output, force, no_verify, opset, cache_dir, text_batch_size, text_encoder)
     except ClipxaiError as e:
         click.secho(f"error: {e}", fg="red", err=True)
         sys.exit(3 if isinstance(e, WeightsUnavailableError) else 2)
@@ -85,6 +85,8 @@ def main(backbone, method, pretrained, classes_text, classes_file, image_size, r
     if v is not None:
         click.echo(f"verified: max abs error similarity {v['similarity']:.2e}, heatmaps {v['heatmaps']:.2e}, "
                    f"scores {v['scores']:.2e} (tolerance {v['tolerance']:g}, batch {v['batch']})")
+        if "text_encoder" in v:
+            click.echo(f"verified text encoder: max abs error {v['text_encoder']:.2e} (normalised embeddings)")
     else:
         click.echo("verification skipped (--no-verify)")
     f = result.manifest.get("fidelity")
@@ -109,8 +111,7 @@ def _image_files(folder: str) -> list[Path]:
 
 
 def run(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, precision,
-        fidelity_images, output, force, no_verify,
-        opset, cache_dir, text_batch_size):
+        fidelity_images, output, force, no_verify, opset, cache_dir, text_batch_size, text_encoder=False):
     # Imported here so that `--help` and option errors stay fast and torch-free.
     from clipxai.vocabulary import parse_class_list, read_classes_file
 
@@ -126,7 +127,8 @@ def run(backbone, method, pretrained, classes_text, classes_file, image_size, re
     cfg = ExportConfig(output=Path(output), classes=classes, backbone=backbone, method=method, pretrained=pretrained,
                        image_size=image_size, redundancy=redundancy, force=force, verify=not no_verify,
                        opset=opset, cache_dir=cache_dir, text_batch_size=text_batch_size, precision=precision,
-                       fidelity_images=_image_files(fidelity_images) if fidelity_images else None)
+                       fidelity_images=_image_files(fidelity_images) if fidelity_images else None,
+                       text_encoder=text_encoder)
     return export_bundle(cfg, ClickReporter())
 
 

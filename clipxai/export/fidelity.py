@@ -71,8 +71,8 @@ def _session(path: Path, provider: str) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), so, providers=[provider])
 
 
-def _run(sess: ort.InferenceSession, x: np.ndarray, batch: int = 4):
-    outs = [sess.run([OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS], {INPUT_IMAGE: x[i:i + batch]})
+def _run(sess: ort.InferenceSession, x: np.ndarray, extra: dict, batch: int = 4):
+    outs = [sess.run([OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS], {INPUT_IMAGE: x[i:i + batch], **extra})
             for i in range(0, len(x), batch)]
     return [np.concatenate(parts) for parts in zip(*outs)]
 
@@ -108,13 +108,15 @@ def compare_outputs(ref, cand, size: int) -> dict:
 
 
 def measure_fidelity(reference: Path, candidate: Path, images: np.ndarray, mean, std,
-                     provider: str = "CPUExecutionProvider") -> dict:
-    """Run both graphs on uint8 images [n, S, S, 3] and compare (see module docstring)."""
+                     provider: str = "CPUExecutionProvider", extra_inputs: dict | None = None) -> dict:
+    """Run both graphs on uint8 images [n, S, S, 3] and compare (see module docstring).
+    extra_inputs: other graph inputs (a text-encoder bundle's text and redundancy)."""
+    extra = extra_inputs or {}
     from PIL import Image
     size = images.shape[1]
     x = np.stack([preprocess(Image.fromarray(im), size, mean, std) for im in images])
-    ref = _run(_session(reference, "CPUExecutionProvider"), x)
-    cand = _run(_session(candidate, provider), x)
+    ref = _run(_session(reference, "CPUExecutionProvider"), x, extra)
+    cand = _run(_session(candidate, provider), x, extra)
     report = compare_outputs(ref, cand, size)
     report["provider"] = provider
     return report

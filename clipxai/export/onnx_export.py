@@ -12,26 +12,43 @@ import torch
 from torch import nn
 
 import clipxai
-from clipxai.contract import INPUT_IMAGE, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY, OUTPUTS
+from clipxai.contract import (
+    INPUT_IMAGE, INPUT_REDUNDANCY, INPUT_TEXT, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY, OUTPUTS,
+)
 
 MIN_OPSET = 17
 
 
-def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET) -> onnx.ModelProto:
-    """Export with a dynamic batch, fold constants, clean up, toposort, check, save."""
+def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET,
+                embed_dim: int | None = None) -> onnx.ModelProto:
+    """Export with a dynamic batch, fold constants, clean up, toposort, check, save.
+
+    embed_dim: None for ``forward(image)`` (vocabulary baked in); D for a module
+    ``forward(image, text [K, D], redundancy [D])`` exported with the vocabulary
+    as inputs and a dynamic K.
+    """
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} < {MIN_OPSET}")
     size = model.image_size
-    dummy = torch.zeros(2, 3, size, size)
+    dummy = (torch.zeros(2, 3, size, size),)
+    names = [INPUT_IMAGE]
     dynamic = {INPUT_IMAGE: {0: "batch"}, OUTPUT_SIMILARITY: {0: "batch"}, OUTPUT_SCORES: {0: "batch"},
                OUTPUT_HEATMAPS: {0: "batch"}}
+    if embed_dim is not None:
+        text = torch.nn.functional.normalize(torch.randn(3, embed_dim, generator=torch.Generator().manual_seed(0)),
+                                             dim=-1)
+        dummy = (dummy[0], text, text.mean(0))
+        names += [INPUT_TEXT, INPUT_REDUNDANCY]
+        dynamic = {INPUT_IMAGE: {0: "batch"}, INPUT_TEXT: {0: "classes"},
+                   OUTPUT_SIMILARITY: {0: "batch", 2: "classes"}, OUTPUT_SCORES: {0: "batch", 1: "classes"},
+                   OUTPUT_HEATMAPS: {0: "batch", 1: "classes"}}
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript-based exporter is deprecated but fast and exports this
         # graph exactly; the dynamo exporter is the switch to flip when it is removed.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model.eval(), (dummy,), str(path),
-            input_names=[INPUT_IMAGE], output_names=list(OUTPUTS), dynamic_axes=dynamic,
+            model.eval(), dummy, str(path),
+            input_names=names, output_names=list(OUTPUTS), dynamic_axes=dynamic,
             opset_version=opset, do_constant_folding=True, dynamo=False,
         )
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its size notes are not for users

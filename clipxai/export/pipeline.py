@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,10 @@ import torch
 
 import clipxai
 from clipxai.contract import (
-    INPUT_IMAGE, LOGIT_SCALE, MODEL_FILE, PRECISIONS, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY,
-    REDUNDANCY_FILE, REDUNDANCY_MODES, SCHEMA_VERSION, TEXT_EMBEDDINGS_FILE,
+    BPE_VOCAB_FILE, CONTEXT_LENGTH, INPUT_IMAGE, INPUT_REDUNDANCY, INPUT_TEXT, LOGIT_SCALE, MODEL_FILE,
+    PRECISIONS,
+    OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY, REDUNDANCY_AUTO, REDUNDANCY_FILE, REDUNDANCY_MODES,
+    SCHEMA_VERSION, TEXT_EMBEDDINGS_FILE, TEXT_ENCODER_FILE, TEXT_INPUT_EOT, TEXT_INPUT_IDS, TEXT_OUTPUT,
 )
 from clipxai.errors import ClipxaiError, VerificationError
 from clipxai.export.bundle import bundle_size, check_output, finalize_manifest, staged_bundle
@@ -27,6 +30,7 @@ from clipxai.export.graph import BakedVocabulary
 from clipxai.export.methods import build_method_graph, check_method, uses_redundancy
 from clipxai.export.onnx_export import MIN_OPSET, export_onnx
 from clipxai.export.precision import convert
+from clipxai.export.text_graph import TextTowerOnnxModel, export_text_onnx, verify_text_onnx
 from clipxai.export.verify import verify_onnx
 from clipxai.models.backbones import DEFAULT_BACKBONE, resolve_backbone
 from clipxai.models.loading import OPENAI, RANDOM, load_clip
@@ -55,6 +59,7 @@ class ExportConfig:
     precision: str = "fp32"
     fidelity_images: list[Path] | None = None  # None: synthetic scenes
     fidelity_count: int = 8
+    text_encoder: bool = False  # add the text tower and BPE vocabulary; vocabulary becomes a graph input
 
 
 @dataclass
@@ -112,6 +117,8 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
     check_method(cfg.method, spec)
     if uses_redundancy(cfg.method):
         mode = resolve_redundancy(cfg.redundancy, len(classes))
+        if cfg.text_encoder and mode in ("classes", "empty") and cfg.redundancy != "empty":
+            mode = REDUNDANCY_AUTO  # the device may set any number of classes: decide per vocabulary
     elif cfg.redundancy is not None:
         raise ClipxaiError(f"--redundancy is a feature-surgery setting: it applies to --method surgery only, "
                            f"--method {cfg.method} does not use it (leave it out)")
@@ -132,6 +139,8 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
         rep.warn("RANDOM WEIGHTS (--pretrained random): the maps of this bundle mean nothing; for tests only")
     model = loaded.model
     tokenizer = open_clip.get_tokenizer(spec.open_clip_name)
+    if cfg.text_encoder:
+        _check_clip_tokenizer(tokenizer, spec.name)
 
     n_prompts = (len(classes) + 1) * len(TEMPLATES)
     rep.step(f"encoding {len(classes)} classes x {len(TEMPLATES)} templates (+ empty prompt)")
@@ -140,29 +149,46 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
         redundancy = redundancy_vector(model, tokenizer, on_progress=advance)
 
     built = build_method_graph(cfg.method, model.visual, spec, cfg.image_size, mode)
-    graph_model = BakedVocabulary(built.module, text, redundancy).eval()
+    if cfg.text_encoder:
+        graph_model = built.module.eval()
+        vocabulary = (text.numpy().astype(np.float32), redundancy.numpy().astype(np.float32))
+    else:
+        graph_model = BakedVocabulary(built.module, text, redundancy).eval()
+        vocabulary = None
     grid = graph_model.grid
 
     with staged_bundle(output, cfg.force) as staging:
         rep.step(f"exporting ONNX graph (opset {cfg.opset}, {cfg.image_size}x{cfg.image_size}, grid {grid}x{grid})")
-        export_onnx(graph_model, staging / MODEL_FILE, cfg.opset)
+        export_onnx(graph_model, staging / MODEL_FILE, cfg.opset,
+                    embed_dim=text.shape[1] if cfg.text_encoder else None)
         np.save(staging / TEXT_EMBEDDINGS_FILE, text.numpy().astype(np.float32), allow_pickle=False)
         np.save(staging / REDUNDANCY_FILE, redundancy.numpy().astype(np.float32), allow_pickle=False)
+        if cfg.text_encoder:
+            rep.step(f"exporting the text encoder (dynamic length <= {CONTEXT_LENGTH}) and the BPE vocabulary")
+            export_text_onnx(TextTowerOnnxModel(model).eval(), staging / TEXT_ENCODER_FILE, cfg.opset)
+            shutil.copyfile(open_clip.tokenizer.default_bpe(), staging / BPE_VOCAB_FILE)
 
         verification = None
         if cfg.verify:
             rep.step("verifying onnxruntime against PyTorch (batch 2)")
-            errs = verify_onnx(staging / MODEL_FILE, graph_model, loaded.mean, loaded.std)
+            errs = verify_onnx(staging / MODEL_FILE, graph_model, loaded.mean, loaded.std, vocabulary=vocabulary)
             verification = dict(errs, tolerance=cfg.tolerance)
             worst = max(errs["similarity"], errs["heatmaps"])
+            if cfg.text_encoder:
+                prompts = [tpl.format(c) for c in (classes[0], "") for tpl in TEMPLATES]
+                ids = tokenizer(prompts).numpy()
+                lengths = (ids == tokenizer.eot_token_id).argmax(axis=1) + 1  # through the first end token
+                verification["text_encoder"] = verify_text_onnx(staging / TEXT_ENCODER_FILE, model, ids, lengths)
+                worst = max(worst, verification["text_encoder"])
             if not worst <= cfg.tolerance:  # also catches NaN
                 raise VerificationError(
                     f"ONNX graph disagrees with PyTorch: max abs error similarity {errs['similarity']:.3g}, "
-                    f"heatmaps {errs['heatmaps']:.3g} > {cfg.tolerance:g}; no bundle written"
+                    f"heatmaps {errs['heatmaps']:.3g}, text encoder {verification.get('text_encoder', 0):.3g} "
+                    f"> {cfg.tolerance:g}; no bundle written"
                 )
         fidelity = None
         if cfg.precision != "fp32":
-            fidelity = _lower_precision(cfg, staging, loaded, rep)
+            fidelity = _lower_precision(cfg, staging, loaded, rep, vocabulary)
         manifest = build_manifest(cfg, loaded, spec, classes, mode, grid, text.shape[1], verification,
                                   built.pos_embed_resize)
         manifest["fidelity"] = fidelity
@@ -171,7 +197,7 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
     return ExportResult(output, bundle_size(output), time.perf_counter() - start, verification, manifest)
 
 
-def _lower_precision(cfg: ExportConfig, staging: Path, loaded, rep: Reporter) -> dict:
+def _lower_precision(cfg: ExportConfig, staging: Path, loaded, rep: Reporter, vocabulary=None) -> dict:
     """Convert the verified fp32 graph, measure its fidelity, gate, and put it in place."""
     import onnxruntime as ort
 
@@ -186,7 +212,8 @@ def _lower_precision(cfg: ExportConfig, staging: Path, loaded, rep: Reporter) ->
     gpu = "CUDAExecutionProvider"
     provider = gpu if prec == "fp16" and gpu in ort.get_available_providers() else "CPUExecutionProvider"
     rep.step(f"measuring {prec} fidelity against fp32 on {len(images)} {source.split(' (')[0]} ({provider})")
-    report = measure_fidelity(staging / MODEL_FILE, candidate, images, loaded.mean, loaded.std, provider)
+    extra = {} if vocabulary is None else {INPUT_TEXT: vocabulary[0], INPUT_REDUNDANCY: vocabulary[1]}
+    report = measure_fidelity(staging / MODEL_FILE, candidate, images, loaded.mean, loaded.std, provider, extra)
     gate = GATES[prec]
     failures = gate_failures(report, gate)
     report.update(image_source=source, gate={"correlation": gate.correlation,
@@ -203,11 +230,37 @@ def _lower_precision(cfg: ExportConfig, staging: Path, loaded, rep: Reporter) ->
     return report
 
 
+def _check_clip_tokenizer(tokenizer, name: str) -> None:
+    """The device reimplements open_clip's SimpleTokenizer (CLIP BPE, 77 tokens) only."""
+    from open_clip.tokenizer import SimpleTokenizer
+    if (not isinstance(tokenizer, SimpleTokenizer) or tokenizer.context_length != CONTEXT_LENGTH
+            or tokenizer.reduction_fn is not None or tokenizer.vocab_size != 49408):
+        raise ClipxaiError(f"--text-encoder supports CLIP's BPE tokenizer only; {name} uses "
+                           f"{type(tokenizer).__name__}; export without --text-encoder")
+
+
+def _text_encoder_manifest(embed_dim: int) -> dict:
+    return {
+        "file": TEXT_ENCODER_FILE,
+        "vocab_file": BPE_VOCAB_FILE,
+        "tokenizer": "clip-bpe",
+        "context_length": CONTEXT_LENGTH,
+        "output": "unnormalised",
+        "inputs": {TEXT_INPUT_IDS: {"dtype": "int64", "shape": ["prompts", "length"]},
+                   TEXT_INPUT_EOT: {"dtype": "int64", "shape": ["prompts"]}},
+        "outputs": {TEXT_OUTPUT: {"dtype": "float32", "shape": ["prompts", embed_dim]}},
+    }
+
+
 def build_manifest(cfg, loaded, spec, classes, mode, grid, embed_dim, verification, pos_embed_resize) -> dict:
     n = grid * grid
-    k = len(classes)
+    k = "classes" if cfg.text_encoder else len(classes)
     s = cfg.image_size
-    return {
+    inputs = {INPUT_IMAGE: {"dtype": "float32", "shape": ["batch", 3, s, s]}}
+    if cfg.text_encoder:
+        inputs[INPUT_TEXT] = {"dtype": "float32", "shape": ["classes", embed_dim]}
+        inputs[INPUT_REDUNDANCY] = {"dtype": "float32", "shape": [embed_dim]}
+    manifest = {
         "schema_version": SCHEMA_VERSION,
         "clipxai_version": clipxai.__version__,
         "created_with": {"torch": torch.__version__, "open_clip": open_clip.__version__,
@@ -233,14 +286,17 @@ def build_manifest(cfg, loaded, spec, classes, mode, grid, embed_dim, verificati
         "opset": cfg.opset,
         "precision": cfg.precision,
         "graph": {
-            "inputs": {INPUT_IMAGE: {"dtype": "float32", "shape": ["batch", 3, s, s]}},
+            "inputs": inputs,
             "outputs": {
                 OUTPUT_SIMILARITY: {"dtype": "float32", "shape": ["batch", n, k]},
                 OUTPUT_SCORES: {"dtype": "float32", "shape": ["batch", k]},
                 OUTPUT_HEATMAPS: {"dtype": "float32", "shape": ["batch", k, grid, grid]},
             },
         },
-        "text_embeddings": {"file": TEXT_EMBEDDINGS_FILE, "shape": [k, embed_dim]},
+        "text_embeddings": {"file": TEXT_EMBEDDINGS_FILE, "shape": [len(classes), embed_dim]},
         "redundancy_vector": {"file": REDUNDANCY_FILE, "shape": [embed_dim]},
         "verification": verification,
     }
+    if cfg.text_encoder:
+        manifest["text_encoder"] = _text_encoder_manifest(embed_dim)
+    return manifest

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from clipxai.contract import INPUT_IMAGE, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
+from clipxai.contract import INPUT_IMAGE, INPUT_REDUNDANCY, INPUT_TEXT, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
 
 
 def verification_images(size: int, mean, std, batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -25,15 +25,24 @@ def verification_images(size: int, mean, std, batch: int = 2, seed: int = 0) -> 
     return ((x - np.array(mean, np.float32)[:, None, None]) / np.array(std, np.float32)[:, None, None]).astype(np.float32)
 
 
-def verify_onnx(onnx_path: str | Path, model: nn.Module, mean, std, batch: int = 2) -> dict[str, float]:
-    """Max abs errors {similarity, heatmaps, scores} of the ONNX graph vs torch, batch 2."""
+def verify_onnx(onnx_path: str | Path, model: nn.Module, mean, std, batch: int = 2,
+                vocabulary: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+    """Max abs errors {similarity, heatmaps, scores} of the ONNX graph vs torch, batch 2.
+
+    vocabulary: (text [K, D], redundancy [D]) for a graph that takes them as inputs.
+    """
     x = verification_images(model.image_size, mean, std, batch)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    sim, scores, maps = sess.run([OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS], {INPUT_IMAGE: x})
+    feeds = {INPUT_IMAGE: x}
+    args = [torch.from_numpy(x)]
+    if vocabulary is not None:
+        feeds.update({INPUT_TEXT: vocabulary[0], INPUT_REDUNDANCY: vocabulary[1]})
+        args += [torch.from_numpy(vocabulary[0]), torch.from_numpy(vocabulary[1])]
+    sim, scores, maps = sess.run([OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS], feeds)
     with torch.no_grad():
-        t_sim, t_scores, t_maps = (t.numpy() for t in model(torch.from_numpy(x)))
+        t_sim, t_scores, t_maps = (t.numpy() for t in model(*args))
     return {
         "similarity": float(np.abs(sim - t_sim).max()),
         "heatmaps": float(np.abs(maps - t_maps).max()),

@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from clipxai.contract import INPUT_IMAGE, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
+from clipxai.contract import OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
 from clipxai.errors import ClipxaiError
 
 PHASES = ("pre_ms", "h2d_ms", "compute_ms", "d2h_ms", "post_ms")
@@ -46,14 +46,14 @@ def time_batch(predictor, images: list) -> dict:
     t1 = time.perf_counter()
     session = predictor.session
     if hasattr(session, "run_timed"):
-        (sim, scores, maps), copy = session.run_timed(OUTPUTS, {INPUT_IMAGE: x})
+        (sim, scores, maps), copy = session.run_timed(OUTPUTS, predictor.graph_feeds(x))
     else:
         tc = time.perf_counter()
-        sim, scores, maps = session.run(OUTPUTS, {INPUT_IMAGE: x})
+        sim, scores, maps = session.run(OUTPUTS, predictor.graph_feeds(x))
         copy = {"h2d_ms": None, "compute_ms": (time.perf_counter() - tc) * 1e3, "d2h_ms": None}
     t2 = time.perf_counter()
     for i, im in enumerate(pil):
-        pred = Prediction(b.classes, sim[i], scores[i], maps[i], (im.height, im.width), predictor.background_threshold)
+        pred = Prediction(predictor.classes, sim[i], scores[i], maps[i], (im.height, im.width), predictor.background_threshold)
         _ = pred.heatmaps, pred.segmentation
     t3 = time.perf_counter()
     return {"pre_ms": (t1 - t0) * 1e3, **copy, "post_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}

@@ -64,7 +64,8 @@ def _write_atomic(path: Path, write) -> None:
 @click.argument("bundle", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the results.")
-@click.option("--classes", "classes_text", help="Comma-separated subset of the bundle's classes to report.")
+@click.option("--classes", "classes_text",
+              help="Comma-separated classes: any names with a --text-encoder bundle, else a subset of its classes.")
 @click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True, help="Images per graph run.")
 @click.option("--providers", default="auto", show_default=True, help="auto, cpu, cuda or tensorrt.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="onnxruntime intra-op threads.")
@@ -82,15 +83,17 @@ def _write_atomic(path: Path, write) -> None:
 @click.option("--trt-fp16", is_flag=True, help="TensorRT: allow fp16 kernels.")
 @click.option("--trt-cache", type=click.Path(file_okay=False), default=None, help="TensorRT engine cache folder.")
 @click.option("--no-overlays", is_flag=True, help="Skip the per-class heatmap overlays.")
+@click.option("--text-cache", type=click.Path(file_okay=False), default=None,
+              help="Folder caching on-device class encodings [default: ~/.cache/clipxai/text].")
 def main(bundle, inputs, out_dir, classes_text, batch_size, providers, threads, background_threshold,
-         slide_stride, short_side, logit_scale, prob_threshold, background_classes, trt_fp16, trt_cache, no_overlays):
+         slide_stride, short_side, logit_scale, prob_threshold, background_classes, trt_fp16, trt_cache, no_overlays, text_cache):
     """Segment images with a clipxai bundle: heatmap overlays, a segmentation and a JSON per image."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         failures, done = run(bundle, list(inputs), Path(out_dir), classes_text, batch_size, providers, threads,
                              background_threshold, trt_fp16, trt_cache, no_overlays,
                              slide=(slide_stride, short_side), logit_scale=logit_scale,
-                             prob_threshold=prob_threshold, background_classes=background_classes)
+                             prob_threshold=prob_threshold, background_classes=background_classes, text_cache=text_cache)
     except ClipxaiError as e:
         click.secho(f"error: {e}", fg="red", err=True)
         sys.exit(2)
@@ -108,8 +111,9 @@ def main(bundle, inputs, out_dir, classes_text, batch_size, providers, threads, 
 
 def run(bundle_path, inputs, out_dir: Path, classes_text, batch_size, providers, threads, background_threshold,
         trt_fp16, trt_cache, no_overlays, slide=(None, None), logit_scale=None, prob_threshold=None,
-        background_classes=None):
+        background_classes=None, text_cache=None):
     from clipxai.runtime.predictor import Predictor
+    from clipxai.runtime.text_encoder import has_text_encoder
     from clipxai.runtime.preprocess import open_image
     from clipxai.vocabulary import parse_class_list
 
@@ -126,9 +130,13 @@ def run(bundle_path, inputs, out_dir: Path, classes_text, batch_size, providers,
     subset = None
     if classes_text is not None:
         subset = parse_class_list(classes_text)
-        unknown = [c for c in subset if c not in predictor.classes]
+        if has_text_encoder(predictor.bundle):  # any names: the vocabulary itself changes
+            predictor.set_classes(subset, cache=text_cache if text_cache is not None else True)
+            subset = None
+        unknown = [c for c in subset or () if c not in predictor.classes]
         if unknown:
-            raise ClipxaiError(f"--classes: {unknown[0]!r} is not in the bundle; it has: {', '.join(predictor.classes)}")
+            raise ClipxaiError(f"--classes: {unknown[0]!r} is not in the bundle (it has: {', '.join(predictor.classes)}); "
+                               "to name new classes on the device, export the bundle with clipxai-export --text-encoder")
     files, failures = expand_inputs(inputs)
     if not files:
         raise ClipxaiError("no images to process: " + "; ".join(f"{i}: {w}" for i, w in failures))

@@ -22,6 +22,9 @@ from clipxai.runtime.postprocess import SegmentOptions, points_from_map, resize_
 from clipxai.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageInput, open_image, preprocess
 from clipxai.runtime.backends import open_session
 from clipxai.runtime.providers import ProviderSpec
+from clipxai.runtime.text_encoder import (
+    TextEncoder, build_vocabulary, initial_vocabulary, require_text_encoder, text_providers, vocabulary_feeds,
+)
 
 log = logging.getLogger("clipxai")
 
@@ -131,6 +134,8 @@ class Predictor:
         self.segment_options = SegmentOptions()
         self._outputs = [OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS]
         self._buffer = np.empty((0, 3, bundle.image_size, bundle.image_size), np.float32)
+        self._text_encoder = None
+        self.vocabulary = initial_vocabulary(bundle)  # None: the vocabulary is baked into the graph
 
     @classmethod
     def from_bundle(cls, path: str | Path, providers: ProviderSpec = "auto", threads: int | None = None,
@@ -167,7 +172,22 @@ class Predictor:
 
     @property
     def classes(self) -> list[str]:
-        return self.bundle.classes
+        return self.vocabulary.classes if self.vocabulary is not None else self.bundle.classes
+
+    def set_classes(self, names: Sequence[str], templates: Sequence[str] | None = None,
+                    cache: bool | str | Path = True) -> None:
+        """Use these class names from now on (bundles exported with ``--text-encoder``).
+
+        Encodes them with the prompt ensemble (``templates``: None for the 85 of
+        DESIGN section 5) on the device and recomputes the redundancy vector;
+        the maps equal those of a bundle exported with these classes.
+        cache: True (~/.cache/clipxai/text), False, or a cache directory.
+        """
+        if self._text_encoder is None:
+            require_text_encoder(self.bundle)
+            providers, threads = text_providers(self.session)
+            self._text_encoder = TextEncoder.from_bundle(self.bundle, providers, threads)
+        self.vocabulary = build_vocabulary(self.bundle, self._text_encoder, names, templates, cache)
 
     @property
     def provider(self) -> str:
@@ -206,13 +226,18 @@ class Predictor:
             out.extend(self._run(pil))
         return out
 
+    def graph_feeds(self, images: np.ndarray) -> dict:
+        """The graph's inputs for preprocessed images [B, 3, S, S] (plus the vocabulary
+        of a --text-encoder bundle)."""
+        return {INPUT_IMAGE: images, **vocabulary_feeds(self.vocabulary)}
+
     def _run(self, pil) -> list[Prediction]:
         b, s = len(pil), self.bundle.image_size
         if self._buffer.shape[0] < b:
             self._buffer = np.empty((b, 3, s, s), np.float32)
         for i, im in enumerate(pil):
             preprocess(im, s, self.bundle.mean, self.bundle.std, out=self._buffer[i])
-        sim, scores, maps = self.session.run(self._outputs, {INPUT_IMAGE: self._buffer[:b]})
+        sim, scores, maps = self.session.run(self._outputs, self.graph_feeds(self._buffer[:b]))
         classes = self.classes
         return [Prediction(classes, sim[i], scores[i], maps[i], (im.height, im.width), self.background_threshold,
                            self.segment_options) for i, im in enumerate(pil)]

@@ -139,7 +139,7 @@ def slide_logits(image: np.ndarray, run: RunWindows, window: int, grid: int, str
 
 def slide_prediction(predictor, img: Image.Image, stride: int, short_side: int, batch_size: int = 8):
     """``Predictor.predict_slide`` on an RGB PIL image -> Prediction (module docstring)."""
-    from clipxai.contract import INPUT_IMAGE, OUTPUT_SCORES, OUTPUT_SIMILARITY
+    from clipxai.contract import OUTPUT_SCORES, OUTPUT_SIMILARITY
     from clipxai.runtime.predictor import Prediction
     from clipxai.runtime.preprocess import preprocess
 
@@ -154,7 +154,7 @@ def slide_prediction(predictor, img: Image.Image, stride: int, short_side: int, 
     whole = preprocess(img, s, bundle.mean, bundle.std)
 
     def run(batch: np.ndarray):
-        return predictor.session.run([OUTPUT_SIMILARITY, OUTPUT_SCORES], {INPUT_IMAGE: batch})
+        return predictor.session.run([OUTPUT_SIMILARITY, OUTPUT_SCORES], predictor.graph_feeds(batch))
 
     res = slide_logits(image, run, s, g, stride, batch_size, extra=whole)
     k = res.logits.shape[0]
