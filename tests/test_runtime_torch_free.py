@@ -69,8 +69,8 @@ def test_runtime_runs_with_torch_blocked(bundle, tmp_path):
     info = json.loads(r.stdout.strip().splitlines()[-1])
     assert info["heatmaps"] == [2, 427, 640] and info["seg"] == [427, 640]
     assert not info["torch_loaded"]
-    # only the base dependencies of pyproject.toml (numpy, onnxruntime, pillow, click) and theirs
-    allowed = {"numpy", "onnxruntime", "PIL", "click", "coloredlogs", "humanfriendly", "flatbuffers", "packaging",
+    # only the base dependencies of pyproject.toml (numpy, onnxruntime, pillow, click, threadpoolctl) and theirs
+    allowed = {"numpy", "onnxruntime", "PIL", "click", "threadpoolctl", "coloredlogs", "humanfriendly", "flatbuffers", "packaging",
                "google", "sympy", "mpmath", "ml_dtypes"}
     assert set(info["third_party"]) <= allowed, set(info["third_party"]) - allowed
     assert (tmp_path / "out" / "rocket_segmentation.png").exists()
@@ -119,7 +119,7 @@ def test_tokenizer_and_set_classes_run_with_torch_blocked(tmp_path_factory, tmp_
     assert info["ids"] == open_clip.get_tokenizer(TINY.open_clip_name)("a photo of a red mug.")[0, :8].tolist()
     assert info["classes"] == ["red mug", "table"] and info["maps"] == [2, 4, 4]
     assert not info["torch_loaded"]
-    allowed = {"numpy", "onnxruntime", "PIL", "click", "coloredlogs", "humanfriendly", "flatbuffers", "packaging",
+    allowed = {"numpy", "onnxruntime", "PIL", "click", "threadpoolctl", "coloredlogs", "humanfriendly", "flatbuffers", "packaging",
                "google", "sympy", "mpmath", "ml_dtypes"}
     assert set(info["third_party"]) <= allowed, set(info["third_party"]) - allowed
     rec = json.loads((tmp_path / "out" / "rocket.json").read_text())
@@ -131,4 +131,4 @@ def test_base_dependencies_are_declared():
     import tomllib
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {d.split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in deps}
-    assert names == {"numpy", "onnxruntime", "pillow", "click"}
+    assert names == {"numpy", "onnxruntime", "pillow", "click", "threadpoolctl"}

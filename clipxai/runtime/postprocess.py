@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from clipxai.errors import ClipxaiError
+from clipxai.runtime.threads import blas_single_thread
 
 
 # Inputs with a side above this are resized by two-tap gathers instead of dense matrices.
@@ -61,6 +62,7 @@ def _taps_axis(x: np.ndarray, axis: int, n_out: int) -> np.ndarray:
     return a
 
 
+@blas_single_thread()
 def resize_bilinear(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     """[..., h, w] -> [..., height, width] float32 (two GEMMs over all maps at once; two-tap
     gathers, a few maps at a time, when a side is above DENSE_MAX)."""
@@ -81,6 +83,7 @@ def resize_bilinear(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(out).reshape(*lead, height, width)
 
 
+@blas_single_thread()
 def segment(similarity: np.ndarray, grid: int | tuple[int, int], height: int, width: int,
             heatmaps_grid: np.ndarray | None = None, background_threshold: float | None = None,
             rows_per_chunk: int = 256, logit_scale: float | None = None, prob_threshold: float | None = None,
@@ -155,6 +158,7 @@ def max_probability(logits: np.ndarray, logit_scale: float) -> np.ndarray:
     return 1.0 / np.exp(z).sum(axis=-1)
 
 
+@blas_single_thread()
 def points_from_map(grid_map: np.ndarray, height: int, width: int, threshold: float = 0.8,
                     down_sample: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """SAM point prompts from one class's grid heatmap [gh, gw] (DESIGN section 6).
