@@ -40,22 +40,33 @@ def _attn(q, k, v, sd, p):
     return F.linear(out, sd[f"{p}.attn.out_proj.weight"], sd[f"{p}.attn.out_proj.bias"])
 
 
-def surgery_tokens(sd, image, heads, surgery_blocks, quick_gelu):
-    """image [B,3,S,S] -> [B, 1+N, D] surgery tokens after ln_post and proj."""
+def _pos_interp(sd, g, mode):
+    """Positional embeddings [1+g², C]: patch part resized to g×g with F.interpolate(mode), half-pixel."""
+    pos = sd["visual.positional_embedding"]
+    c = pos.shape[1]
+    g0 = int(round((pos.shape[0] - 1) ** 0.5))
+    if g0 == g:
+        return pos
+    grid = pos[1:].reshape(1, g0, g0, c).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(g, g), mode=mode, align_corners=False)
+    return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(g * g, c)])
+
+
+def _embed(sd, image, pos_for_grid):
+    """Patch embedding + class token + positional embeddings (pos_for_grid(g)), ln_pre.
+    Returns (x [B, 1+N, C], number of blocks)."""
     conv = sd["visual.conv1.weight"]
-    patch = conv.shape[-1]
-    x = F.conv2d(image, conv, stride=patch)
+    x = F.conv2d(image, conv, stride=conv.shape[-1])
     b, c, g, _ = x.shape
     x = x.reshape(b, c, g * g).permute(0, 2, 1)
-    pos = sd["visual.positional_embedding"]
-    g0 = int(round((pos.shape[0] - 1) ** 0.5))
-    if g0 != g:
-        grid = pos[1:].reshape(1, g0, g0, c).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(g, g), mode="bilinear", align_corners=False)
-        pos = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(g * g, c)])
-    x = torch.cat([sd["visual.class_embedding"].expand(b, 1, c), x], 1) + pos
+    x = torch.cat([sd["visual.class_embedding"].expand(b, 1, c), x], 1) + pos_for_grid(g)
     x = _ln(x, sd, "visual.ln_pre")
-    layers = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
+    return x, len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
+
+
+def surgery_tokens(sd, image, heads, surgery_blocks, quick_gelu):
+    """image [B,3,S,S] -> [B, 1+N, D] surgery tokens after ln_post and proj."""
+    x, layers = _embed(sd, image, lambda g: _pos_interp(sd, g, "bilinear"))
     x_new = None
     for i in range(layers):
         p = f"visual.transformer.resblocks.{i}"
@@ -168,20 +179,9 @@ def grad_eclip(sd, image, text, heads, quick_gelu):
     dc_k/da comes from torch.autograd.grad. Positional embeddings are resized
     bicubically. Returns (H [B, N, K] before normalisation, heatmaps [B, K, g, g]).
     """
-    conv = sd["visual.conv1.weight"]
-    patch = conv.shape[-1]
-    x = F.conv2d(image, conv, stride=patch)
-    b, c, g, _ = x.shape
-    x = x.reshape(b, c, g * g).permute(0, 2, 1)
-    pos = sd["visual.positional_embedding"]
-    g0 = int(round((pos.shape[0] - 1) ** 0.5))
-    if g0 != g:
-        grid = pos[1:].reshape(1, g0, g0, c).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(g, g), mode="bicubic", align_corners=False)
-        pos = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(g * g, c)])
-    x = torch.cat([sd["visual.class_embedding"].expand(b, 1, c), x], 1) + pos
-    x = _ln(x, sd, "visual.ln_pre")
-    layers = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
+    x, layers = _embed(sd, image, lambda g: _pos_interp(sd, g, "bicubic"))
+    b, t, c = x.shape
+    g = int(round((t - 1) ** 0.5))
     for i in range(layers - 1):
         p = f"visual.transformer.resblocks.{i}"
         x = x + _attn(*_qkv(_ln(x, sd, f"{p}.ln_1"), sd, p, heads), sd, p)
@@ -261,15 +261,9 @@ def dense_tokens(sd, image, heads, quick_gelu, method):
 
     Token 0 is replaced by the class token of a separate, full run of the plain model.
     """
-    conv = sd["visual.conv1.weight"]
-    patch = conv.shape[-1]
-    x = F.conv2d(image, conv, stride=patch)
-    b, c, g, _ = x.shape
-    x = x.reshape(b, c, g * g).permute(0, 2, 1)
-    pos = _pos_resized(sd, g, "size" if method == "maskclip" else "scale")
-    x = torch.cat([sd["visual.class_embedding"].expand(b, 1, c), x], 1) + pos
-    x = _ln(x, sd, "visual.ln_pre")
-    layers = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
+    x, layers = _embed(sd, image, lambda g: _pos_resized(sd, g, "size" if method == "maskclip" else "scale"))
+    b, t, c = x.shape
+    g = int(round((t - 1) ** 0.5))
     plain = None
     for i in range(layers):
         p = f"visual.transformer.resblocks.{i}"

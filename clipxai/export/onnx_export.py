@@ -51,6 +51,11 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET,
             input_names=names, output_names=list(OUTPUTS), dynamic_axes=dynamic,
             opset_version=opset, do_constant_folding=True, dynamo=False,
         )
+    return finish_graph(path)
+
+
+def finish_graph(path: str | Path) -> onnx.ModelProto:
+    """The pass every exported graph gets: fold constants, clean up, toposort, stamp, save, full check."""
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its size notes are not for users
     graph = gs.import_onnx(onnx.load(str(path)))
     graph.fold_constants().cleanup().toposort()

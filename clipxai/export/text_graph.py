@@ -15,14 +15,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import torch
 from torch import nn
 
-import clipxai
 from clipxai.contract import CONTEXT_LENGTH, TEXT_INPUT_EOT, TEXT_INPUT_IDS, TEXT_OUTPUT
+from clipxai.export.onnx_export import finish_graph
 from clipxai.models.attention import plain_block
 
 
@@ -66,14 +64,7 @@ def export_text_onnx(model: TextTowerOnnxModel, path: str | Path, opset: int) ->
         torch.onnx.export(model.eval(), (ids, eot), str(path), input_names=[TEXT_INPUT_IDS, TEXT_INPUT_EOT],
                           output_names=[TEXT_OUTPUT], dynamic_axes=dynamic, opset_version=opset,
                           do_constant_folding=True, dynamo=False)
-    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
-    graph = gs.import_onnx(onnx.load(str(path)))
-    graph.fold_constants().cleanup().toposort()
-    proto = gs.export_onnx(graph)
-    proto.producer_name = "clipxai"
-    proto.producer_version = clipxai.__version__
-    onnx.save(proto, str(path))
-    onnx.checker.check_model(str(path), full_check=True)
+    finish_graph(path)
 
 
 def verify_text_onnx(path: str | Path, model: nn.Module, ids: np.ndarray, lengths: np.ndarray) -> float:
