@@ -8,7 +8,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+# Bundle schema the exporter writes. 2 added methods, precisions and
+# text-encoder bundles (graph inputs text/redundancy); a schema-1 bundle
+# (surgery, fp32, baked vocabulary) is a valid schema-2 bundle and still loads.
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMAS = (1, 2)
 
 # Files of a bundle.
 MANIFEST_FILE = "manifest.json"

@@ -111,7 +111,7 @@ def test_surgery_path_differs_from_plain_tokens(tiny_model):
 def test_manifest_and_digests(tmp_path):
     res = _export(tmp_path, image_size=40)
     m = read_manifest(res.path)
-    assert m["schema_version"] == 1 and m["method"] == "surgery" and m["precision"] == "fp32"
+    assert m["schema_version"] == 2 and m["method"] == "surgery" and m["precision"] == "fp32"
     assert m["classes"] == CLASSES and m["redundancy"] == "classes" and m["image_size"] == 40
     assert m["grid_size"] == 5 and m["num_patches"] == 25 and m["opset"] >= 17
     assert m["weights"]["source"] == "random"

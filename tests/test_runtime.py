@@ -176,7 +176,12 @@ def test_tampered_file_is_refused(bundle_copy):
 
 def test_unknown_schema_is_refused(bundle_copy):
     _edit_manifest(bundle_copy, lambda m: m.update(schema_version=99))
-    _one_line_error(bundle_copy, r"manifest.json: schema version 99 is not supported")
+    _one_line_error(bundle_copy, r"manifest.json: schema version 99 is not supported by this clipxai \(supports 1, 2\)")
+
+
+def test_schema_1_bundles_still_load(bundle_copy):
+    _edit_manifest(bundle_copy, lambda m: m.update(schema_version=1))
+    assert Predictor.from_bundle(bundle_copy, providers="cpu").predict(np.zeros((8, 8, 3), np.uint8)).scores.shape
 
 
 @pytest.mark.parametrize("name", ["../outside.npy", "/etc/passwd", "sub/dir.npy"])

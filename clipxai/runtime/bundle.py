@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from clipxai.contract import (
-    INPUT_IMAGE, MANIFEST_FILE, METHODS, MODEL_FILE, OUTPUTS, PRECISIONS, SCHEMA_VERSION,
+    INPUT_IMAGE, MANIFEST_FILE, METHODS, MODEL_FILE, OUTPUTS, PRECISIONS, SUPPORTED_SCHEMAS,
     TEXT_EMBEDDINGS_FILE, sha256_file,
 )
 from clipxai.errors import BundleError
@@ -75,9 +75,10 @@ def load_bundle(path: str | Path, verify_digests: bool = True) -> Bundle:
     if not isinstance(manifest, dict):
         raise BundleError(f"{mpath}: not a JSON object; re-export the bundle")
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in SUPPORTED_SCHEMAS:
         raise BundleError(
-            f"{mpath}: schema version {version!r} is not supported by this clipxai (supports {SCHEMA_VERSION}); "
+            f"{mpath}: schema version {version!r} is not supported by this clipxai "
+            f"(supports {', '.join(map(str, SUPPORTED_SCHEMAS))}); "
             "use the clipxai version that exported it or re-export"
         )
     missing = [k for k in _REQUIRED if k not in manifest]
