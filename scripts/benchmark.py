@@ -207,6 +207,20 @@ def run_worker(kind, a, bundle, size, extra=()):
 
 # ---------------------------------------------------------------- main
 
+def wait_for_graph_cache(a, bundle, timeout=600):
+    """Wait until the first load's background builder has filled the bundle's CPU graph cache entry."""
+    if a.providers != "cpu":
+        return
+    from clipxai.runtime import graph_cache as gc
+    sha = json.loads((Path(bundle) / "manifest.json").read_text())["files"]["model.onnx"]["sha256"]
+    root, key = gc.cache_root(a.cache_dir), gc.cache_key(sha)
+    deadline = time.monotonic() + timeout
+    while gc.building(root, key) or gc.lookup(root, key) is None:
+        if time.monotonic() > deadline:
+            sys.exit(f"the graph cache entry for {bundle} was not filled within {timeout} s")
+        time.sleep(0.5)
+
+
 def cpu_name():
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -285,9 +299,11 @@ def main():
                 print(f"measuring the torch reference at {size} ...", file=sys.stderr)
                 rows["torch reference"] = run_worker("torch", a, bundle, size)
             print(f"measuring {prec} at {size} ...", file=sys.stderr)
-            first = run_worker("runtime", a, bundle, size, ["--cold-only"])  # fills the graph cache
+            first = run_worker("runtime", a, bundle, size, ["--cold-only"])  # starts filling the graph cache
+            wait_for_graph_cache(a, bundle)  # the builder runs in the background: never time beside it
             r = run_worker("runtime", a, bundle, size)
             r["cold_first_ever_s"] = first["cold_import_s"] + first["cold_load_s"] + first["cold_first_s"]
+            r["first_ever_rss_mb"] = first["peak_rss_mb"]
             r["bundle_mb"] = bundle_mb(bundle)
             rows[f"clipxai {prec}"] = r
         results.append((size, gflop, rows))
@@ -318,10 +334,10 @@ def main():
                       f"{infer:.1f} | {gfs:.1f} | {100 * gfs / ceiling:.0f}% | "
                       f"{'—' if name == 'torch reference' else f'**{ratio:.2f}×**'} |")
     print("\nbatch 1 in parts, memory and cold start (import / load / first image; first ever = with an empty "
-          "graph cache)\n")
+          "graph cache, which a background process then fills)\n")
     print("| size | pipeline | pre ms | graph ms | post ms | peak RSS b1 MB | peak RSS b4 MB | bundle MB | "
-          "RSS budget 1.5×bundle+150 | cold s | first ever s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "RSS budget 1.5×bundle+150 | cold s | first ever s | first ever RSS MB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size, _, rows in results:
         for name, d in rows.items():
             cold = d["cold_import_s"] + d["cold_load_s"] + d["cold_first_s"]
@@ -330,7 +346,7 @@ def main():
                   f"{d['peak_rss_b1_mb']:.0f} | {d['peak_rss_mb']:.0f} | "
                   f"{d.get('bundle_mb', 0):.0f} | {budget} | {cold:.2f} "
                   f"({d['cold_import_s']:.2f}/{d['cold_load_s']:.2f}/{d['cold_first_s']:.2f}) | "
-                  f"{d.get('cold_first_ever_s', float('nan')):.2f} |")
+                  f"{d.get('cold_first_ever_s', float('nan')):.2f} | {d.get('first_ever_rss_mb', float('nan')):.0f} |")
 
 
 if __name__ == "__main__":

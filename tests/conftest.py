@@ -22,15 +22,19 @@ if HAVE_TORCH:
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache_dir(tmp_path_factory):
-    """Keep the runtime's graph cache out of the user's home during tests."""
+    """Keep the runtime's graph cache out of the user's home during tests, and fill it while
+    loading ("sync"): a background builder per test load would compete with the suite.
+    tests/test_graph_cache.py tests the background mode explicitly."""
     import os
-    old = os.environ.get("CLIPXAI_CACHE_DIR")
+    old = {k: os.environ.get(k) for k in ("CLIPXAI_CACHE_DIR", "CLIPXAI_GRAPH_CACHE")}
     os.environ["CLIPXAI_CACHE_DIR"] = str(tmp_path_factory.mktemp("clipxai-cache"))
+    os.environ["CLIPXAI_GRAPH_CACHE"] = "sync"
     yield
-    if old is None:
-        os.environ.pop("CLIPXAI_CACHE_DIR", None)
-    else:
-        os.environ["CLIPXAI_CACHE_DIR"] = old
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

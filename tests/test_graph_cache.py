@@ -24,7 +24,9 @@ def bundle(tmp_path_factory):
 
 
 def _entries(root):
-    return sorted(p for p in (root / "graphs").iterdir()) if (root / "graphs").exists() else []
+    """Cache entries (hidden names are builders' locks and staging folders)."""
+    graphs = root / "graphs"
+    return sorted(p for p in graphs.iterdir() if not p.name.startswith(".")) if graphs.exists() else []
 
 
 def _image():
@@ -104,3 +106,71 @@ def test_unwritable_cache_and_env_switch(bundle, tmp_path, monkeypatch, caplog):
     root = tmp_path / "off"
     Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root))
     assert not root.exists()
+
+
+def test_background_mode_loads_at_once_and_fills_the_cache_in_another_process(bundle, tmp_path, caplog):
+    root = tmp_path / "cache"
+    plain = Predictor.from_bundle(bundle, providers="cpu", graph_cache=False).predict(_image())
+    caplog.set_level(logging.INFO, logger="clipxai")
+    p = Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root), graph_cache="background")
+    assert "in the background (pid" in caplog.text
+    assert "cached the optimized graph" not in caplog.text  # this process did not write it
+    first = p.predict(_image())
+    assert gc.wait_for_builds(timeout=120)
+    (entry,) = _entries(root)
+    assert json.loads((entry / gc.DONE_FILE).read_text())["key"]["model_sha256"] == \
+        json.loads((bundle / "manifest.json").read_text())["files"]["model.onnx"]["sha256"]
+    assert not list((root / "graphs").glob(".partial-*"))
+    caplog.clear()
+    second = Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root), graph_cache="background")
+    assert "loaded the optimized graph from" in caplog.text and "in the background" not in caplog.text
+    for q in (first, second.predict(_image())):
+        assert np.array_equal(q.heatmaps_grid, plain.heatmaps_grid)
+        assert np.array_equal(q.scores, plain.scores)
+
+
+def test_one_builder_per_entry(bundle, tmp_path):
+    root = tmp_path / "cache"
+    sha = json.loads((bundle / "manifest.json").read_text())["files"]["model.onnx"]["sha256"]
+    key = gc.cache_key(sha)
+    held = gc._try_lock(gc._lock_path(root, key))  # another process is filling it
+    assert held is not None and gc.building(root, key)
+    assert gc.start_background_build(bundle / "model.onnx", sha, root) is None
+    assert gc.build(bundle / "model.onnx", sha, root) is None and gc.lookup(root, key) is None
+    held.close()
+    assert not gc.building(root, key)
+    entry = gc.build(bundle / "model.onnx", sha, root)
+    assert entry is not None and gc.lookup(root, key) == entry / gc.GRAPH_FILE
+    assert gc.build(bundle / "model.onnx", sha, root) == entry  # already there: nothing rebuilt
+
+
+def test_builder_refuses_a_model_that_changed(bundle, tmp_path):
+    root = tmp_path / "cache"
+    assert gc.build(bundle / "model.onnx", "0" * 64, root) is None
+    assert _entries(root) == []
+
+
+def test_mode_words_and_a_bad_mode(bundle, monkeypatch):
+    from clipxai.errors import ClipxaiError
+    assert gc.resolve_mode(False) == "off" and gc.resolve_mode("sync") == "sync"
+    for word, mode in (("0", "off"), ("off", "off"), ("1", "background"), ("background", "background"),
+                       ("SYNC", "sync")):
+        monkeypatch.setenv("CLIPXAI_GRAPH_CACHE", word)
+        assert gc.resolve_mode(True) == mode
+    monkeypatch.setenv("CLIPXAI_GRAPH_CACHE", "sometimes")
+    with pytest.raises(ClipxaiError, match="unknown graph cache mode 'sometimes'; use one of background, sync, off"):
+        Predictor.from_bundle(bundle, providers="cpu")
+
+
+def test_warm_and_clear_commands(bundle, tmp_path):
+    from click.testing import CliRunner
+    from clipxai.runtime.cache_cli import main
+    root = tmp_path / "cache"
+    r = CliRunner().invoke(main, ["warm", str(bundle), "--cache-dir", str(root)])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("graph cache ready: ") and len(_entries(root)) == 1
+    r = CliRunner().invoke(main, ["warm", str(tmp_path / "nope"), "--cache-dir", str(root)])
+    assert r.exit_code == 2
+    assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ") and "not a bundle" in r.output
+    r = CliRunner().invoke(main, ["clear", "--cache-dir", str(root)])
+    assert r.exit_code == 0 and "removed" in r.output and not (root / "graphs").exists()

@@ -19,7 +19,7 @@ BACKENDS = ("onnxruntime", "tensorrt")
 
 def open_session(bundle, backend: str = "onnxruntime", providers="auto", threads: int | None = None,
                  trt_fp16: bool = False, trt_cache: str | None = None, engine: str | Path | None = None,
-                 device_id: int = 0, graph_cache: bool = True, cache_dir: str | None = None):
+                 device_id: int = 0, graph_cache: bool | str = True, cache_dir: str | None = None):
     """A session for ``bundle``. trt_cache: None (BUNDLE/engines or the user cache), "off", or a folder."""
     if backend == "tensorrt":
         from clipxai.runtime.tensorrt_backend import open_session as open_trt

@@ -14,21 +14,35 @@ The bundle itself is never written to. Entries are written to a temporary
 directory and renamed into place, so a crash leaves no half entry; deleting
 the cache directory is always safe.
 
+Filling the entry means writing about twice the model's size (~700 MB for
+ViT-B/16), which takes seconds. By default (mode ``background``) the first load
+therefore does not wait for it: it opens the bundle's graph as usual and starts
+a detached, low-priority process (``clipxai-cache build``, cache_cli.py) that
+fills the entry and exits; the next load finds it. Mode ``sync`` fills
+the entry inside the loading process (the first load is slower), mode ``off``
+never caches. To fill the cache ahead of time (a Docker build step, a
+provisioning script): ``clipxai-cache warm BUNDLE``.
+
 Location: ``cache_dir`` argument, else ``$CLIPXAI_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/clipxai`` (``~/.cache/clipxai``), subdirectory ``graphs``.
-Each entry takes about twice the model's size on disk. ``CLIPXAI_GRAPH_CACHE=0``
-turns the cache off (as does ``graph_cache=False``).
+Each entry takes about twice the model's size on disk. The mode comes from the
+``graph_cache`` argument, else ``$CLIPXAI_GRAPH_CACHE`` (``background``,
+``sync``, ``off``/``0``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,8 +56,27 @@ DATA_FILE = "graph.onnx.data"
 DONE_FILE = "entry.json"
 
 
+MODES = ("background", "sync", "off")
+_MODE_WORDS = {"background": "background", "1": "background", "on": "background", "true": "background",
+               "yes": "background", "sync": "sync", "off": "off", "0": "off", "false": "off", "no": "off"}
+
+
+def resolve_mode(graph_cache: bool | str | None = None) -> str:
+    """The cache mode: the argument (True = the default, False = off), else $CLIPXAI_GRAPH_CACHE."""
+    if graph_cache is False:
+        return "off"
+    if isinstance(graph_cache, str):
+        word = graph_cache
+    else:
+        word = os.environ.get("CLIPXAI_GRAPH_CACHE", "background")
+    mode = _MODE_WORDS.get(word.strip().lower())
+    if mode is None:
+        raise ValueError(f"unknown graph cache mode {word!r}; use one of {', '.join(MODES)}")
+    return mode
+
+
 def enabled() -> bool:
-    return os.environ.get("CLIPXAI_GRAPH_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+    return resolve_mode() != "off"
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -131,3 +164,117 @@ def commit(staging: Path, root: Path, key: dict) -> Path | None:
 
 def discard(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- building in the background
+
+_builders: list[subprocess.Popen] = []
+
+
+def _lock_path(root: Path, key: dict) -> Path:
+    return entry_dir(root, key).with_name("." + entry_dir(root, key).name + ".lock")
+
+
+def _try_lock(path: Path):
+    """An exclusive, non-blocking lock on ``path`` (an open file), or None if another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f
+
+
+def building(root: Path, key: dict) -> bool:
+    """Whether some process is filling this entry right now."""
+    try:
+        f = _try_lock(_lock_path(root, key))
+    except OSError:
+        return False
+    if f is None:
+        return True
+    f.close()
+    return False
+
+
+def build(model_path: Path, model_sha256: str, root: Path, threads: int = 1) -> Path | None:
+    """Fill the entry of ``model_path`` in this process (under a lock; a no-op if it exists).
+
+    The model is hashed again, so a file that changed since its bundle was
+    checked can never be cached under the old digest.
+    """
+    key = cache_key(model_sha256)
+    found = lookup(root, key)
+    if found is not None:
+        return found.parent
+    lock = _try_lock(_lock_path(root, key))
+    if lock is None:  # another process is at it
+        return None
+    try:
+        digest = hashlib.sha256()
+        with open(model_path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != model_sha256:
+            log.warning("%s changed since it was checked; not caching it", model_path)
+            return None
+        staging = new_staging(root)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.intra_op_num_threads = threads
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        saving_options(so, staging)
+        try:
+            ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+        except BaseException:
+            discard(staging)
+            raise
+        return commit(staging, root, key)
+    finally:
+        lock.close()
+
+
+def start_background_build(model_path: Path, model_sha256: str, root: Path) -> subprocess.Popen | None:
+    """Start a detached, low-priority process that fills the entry; None if one is already at it."""
+    key = cache_key(model_sha256)
+    if building(root, key):
+        return None
+    cmd = [sys.executable, "-m", "clipxai.runtime.cache_cli", "build", str(model_path),
+           "--sha256", model_sha256, "--cache-root", str(root)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # Its own process group, so a Ctrl-C meant for the app does not kill it half-way; the same
+    # session, so Linux's per-session scheduler groups (autogroup) let its low priority count.
+    group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            close_fds=True, env=env, **group)
+    _builders.append(proc)
+    # Reap it when it ends (no zombie in a long-lived app); the thread never keeps the app alive.
+    threading.Thread(target=proc.wait, name="clipxai-graph-cache-reaper", daemon=True).start()
+    return proc
+
+
+def wait_for_builds(timeout: float | None = None) -> bool:
+    """Wait for the background builds this process started; True if all have ended."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for proc in list(_builders):
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            proc.wait(left)
+        except subprocess.TimeoutExpired:
+            return False
+    return True
+
+
+def lower_priority() -> None:
+    """Run only on CPU time the app leaves idle: SCHED_IDLE where Linux has it, else nice 19."""
+    try:
+        os.nice(19)
+    except OSError:
+        pass
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            pass

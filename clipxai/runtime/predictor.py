@@ -142,7 +142,7 @@ class Predictor:
                     trt_fp16: bool = False, trt_cache_dir: str | None = None,
                     max_pixels: int = DEFAULT_MAX_PIXELS, background_threshold: float | None = None,
                     backend: str = "onnxruntime", engine: str | Path | None = None,
-                    graph_cache: bool = True, cache_dir: str | None = None) -> "Predictor":
+                    graph_cache: bool | str = True, cache_dir: str | None = None) -> "Predictor":
         """Check the bundle (schema, digests, paths, graph IO), then open a session.
 
         providers: "auto" (TensorRT > CUDA > CPU, logged), "cpu", "cuda", "tensorrt",
@@ -152,6 +152,8 @@ class Predictor:
         engine cache root (default BUNDLE/engines or the user cache; "off" disables it).
         graph_cache: on the CPU, keep onnxruntime's optimized, prepacked graph in
         ``cache_dir`` (default ~/.cache/clipxai) so later loads are faster and lighter.
+        True (default: $CLIPXAI_GRAPH_CACHE, else "background") fills a missing entry in
+        a detached low-priority process, "sync" while loading, False/"off" never.
         """
         bundle = load_bundle(path)
         if background_threshold is not None and not 0.0 <= background_threshold <= 1.0:

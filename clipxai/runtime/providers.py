@@ -38,7 +38,8 @@ class SessionOptions:
     threads: int | None = None
     trt_fp16: bool = False
     trt_cache_dir: str | None = None
-    graph_cache: bool = True          # CPU: cache the optimized, prepacked graph (see graph_cache.py)
+    graph_cache: bool | str = True    # CPU: cache the optimized, prepacked graph: True/"background", "sync",
+                                      # False/"off" (see graph_cache.py; True defers to $CLIPXAI_GRAPH_CACHE)
     cache_dir: str | None = None      # root of clipxai's caches (default ~/.cache/clipxai)
 
 
@@ -107,9 +108,10 @@ def _open(path: Path, so: ort.SessionOptions, resolved: list) -> ort.InferenceSe
         raise ClipxaiError(f"{path}: onnxruntime could not load the graph ({first[:300]})")
 
 
-def _open_cached(model_path: Path, model_sha256: str, options: SessionOptions,
-                 resolved: list) -> ort.InferenceSession:
-    """CPU: open the cached optimized graph, or open the bundle's graph and fill the cache."""
+def _open_cached(model_path: Path, model_sha256: str, options: SessionOptions, resolved: list,
+                 mode: str) -> ort.InferenceSession:
+    """CPU: open the cached optimized graph; on a miss, open the bundle's graph and fill the cache
+    in a background process (mode "background") or while loading (mode "sync")."""
     root = gc.cache_root(options.cache_dir)
     key = gc.cache_key(model_sha256, CPU)
     cached = gc.lookup(root, key)
@@ -121,6 +123,17 @@ def _open_cached(model_path: Path, model_sha256: str, options: SessionOptions,
         except ClipxaiError as e:
             log.warning("discarding an unreadable graph cache entry %s (%s)", cached.parent, e)
             gc.discard(cached.parent)
+    if mode == "background":
+        sess = _open(model_path, _session_options(options), resolved)
+        try:
+            proc = gc.start_background_build(model_path, model_sha256, root)
+        except OSError as e:
+            log.warning("could not start filling the graph cache in %s (%s); loading without it", root, e)
+        else:
+            if proc is not None:
+                log.info("filling the graph cache in %s in the background (pid %d); later loads are faster",
+                         root / "graphs", proc.pid)
+        return sess
     try:
         staging = gc.new_staging(root)
     except OSError as e:
@@ -148,8 +161,12 @@ def create_session(model_path: Path, providers: ProviderSpec = "auto",
     """
     resolved = resolve_providers(providers, options)
     wanted = resolved[0][0] if isinstance(resolved[0], tuple) else resolved[0]
-    if options.graph_cache and gc.enabled() and model_sha256 and wanted == CPU:
-        sess = _open_cached(Path(model_path), model_sha256, options, resolved)
+    try:
+        mode = gc.resolve_mode(options.graph_cache)
+    except ValueError as e:
+        raise ClipxaiError(str(e))
+    if mode != "off" and model_sha256 and wanted == CPU:
+        sess = _open_cached(Path(model_path), model_sha256, options, resolved, mode)
     else:
         sess = _open(Path(model_path), _session_options(options), resolved)
     if sess.get_providers()[0] != wanted:
