@@ -74,6 +74,16 @@ def test_int8_graph_quantizes_weight_matmuls_only(tmp_path):
     assert ops.count("MatMulInteger") >= 5 * 4  # qkv, out, fc, proj per block at least
     assert "MatMul" in ops  # attention products stay fp32
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in list(g.input) + list(g.output))
+    # One scale and zero point per output channel: every quantized weight [K, N] has N zero points.
+    inits = {i.name: i for i in g.initializer}
+    quantized = [n for n in g.node if n.op_type == "MatMulInteger"]
+    for n in quantized:
+        w, zero = inits[n.input[1]], inits[n.input[3]]
+        assert len(w.dims) == 2 and list(zero.dims) == [w.dims[1]], (n.name, w.dims, zero.dims)
+    assert len(quantized) >= 5 * 4
+    # The class row's key folding (a [H, d, C] weight) has no per-channel form: it stays fp32.
+    kept = read_manifest(res.path)["fidelity"]["conversion"]["kept_fp32"]
+    assert len(kept) == 1 and kept[0] in {n.name for n in g.node if n.op_type == "MatMul"}
 
 
 def test_fp16_graph_keeps_unsafe_ops_in_fp32(tmp_path):

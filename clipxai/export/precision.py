@@ -1,9 +1,14 @@
 """Lower-precision graphs made from the verified fp32 graph (one function per precision).
 
 - ``int8`` (CPU): onnxruntime dynamic quantization of the weight MatMuls
-  (signed 8-bit weights, per-tensor scales; activations quantized on the fly).
-  Attention products (activation x activation), LayerNorm, softmax and the
-  heads stay fp32.
+  (signed 8-bit weights with one scale per output channel; activations
+  quantized on the fly). Attention products (activation x activation),
+  LayerNorm, softmax, the heads and MatMuls whose weight is not a matrix stay
+  fp32. Per-channel scales, measured on random ViT-B/16 weights: segmentation
+  pixel agreement 96.1 % at 224 and 95.9 % at 448 against 94.6 % and 95.4 %
+  with per-tensor scales, at the same speed. Unsigned weights (u8u8) agreed
+  better (97.7 %) but ran 2.2x slower on AVX2 without VNNI; 7-bit weights
+  (reduce_range) agreed worse (91.5 %).
 - ``fp16`` (GPU / TensorRT): weights and activations in fp16, except the ops in
   ``FP16_KEEP_FP32`` (LayerNorm, softmax, reductions and the min-max
   normalisation), which run in fp32 behind casts. Graph inputs and outputs stay
@@ -29,15 +34,22 @@ def to_int8(src: Path, dst: Path) -> dict:
     """Dynamic int8 quantization of the weight MatMuls -> a description for the manifest."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    # Per-channel scales need a matrix weight: a MatMul with a weight of another rank (the
+    # class-row key folding, [H, d, C]) stays fp32.
+    model = onnx.load(str(src), load_external_data=False)
+    ranks = {init.name: len(init.dims) for init in model.graph.initializer}
+    keep_fp32 = [n.name for n in model.graph.node
+                 if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and ranks.get(n.input[1], 2) != 2]
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs advice on the root logger
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
-                         op_types_to_quantize=["MatMul", "Gemm"])
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=keep_fp32)
     finally:
         logging.getLogger().setLevel(quiet)
-    return {"scheme": "onnxruntime dynamic quantization", "weights": "int8 per-tensor",
-            "activations": "uint8 dynamic per call", "ops": ["MatMul (constant weights)"]}
+    return {"scheme": "onnxruntime dynamic quantization", "weights": "int8 per output channel",
+            "activations": "uint8 dynamic per call", "ops": ["MatMul (constant matrix weights)"],
+            "kept_fp32": keep_fp32}
 
 
 def to_fp16(src: Path, dst: Path) -> dict:
