@@ -11,12 +11,15 @@ per-class heatmaps at the original size:
   one row per precision. fp16 is measured only where a GPU provider exists.
 
 Each pipeline runs in its own subprocess (honest peak RSS and cold start),
-with the same weights and thread count. Figures are medians of --runs runs.
+with the same weights and thread count. Figures are medians of --runs runs in
+a worker; the reference and the runtime rows alternate for --rounds rounds and
+each figure is the median over rounds (speed ratios are taken within a round,
+so a slow spell of a shared machine hits both sides).
 The run also measures this machine's fp32 ceiling (onnxruntime MatMul,
 2048x2048x2048) and counts the model's FLOPs analytically, so it can print
 the achieved GFLOP/s as a fraction of the ceiling.
 
-    .venv/bin/python scripts/benchmark.py --sizes 224 448 --runs 5
+    .venv/bin/python scripts/benchmark.py --sizes 224 448 --runs 5 --rounds 3
 """
 
 from __future__ import annotations
@@ -207,6 +210,24 @@ def run_worker(kind, a, bundle, size, extra=()):
 
 # ---------------------------------------------------------------- main
 
+def combine_rounds(rounds):
+    """Per pipeline, the median over rounds of each figure; speed ratios to the reference are
+    taken within each round, then their median, min and max are kept."""
+    rows = {}
+    for name in rounds[0]:
+        d = {}
+        for key, value in rounds[0][name].items():
+            if isinstance(value, (int, float)):
+                d[key] = statistics.median(r[name][key] for r in rounds)
+            else:
+                d[key] = value
+        for bs in BATCHES:
+            ratios = [r["torch reference"][f"total_ms_b{bs}"] / r[name][f"total_ms_b{bs}"] for r in rounds]
+            d[f"ratio_b{bs}"] = (statistics.median(ratios), min(ratios), max(ratios))
+        rows[name] = d
+    return rows
+
+
 def wait_for_graph_cache(a, bundle, timeout=600):
     """Wait until the first load's background builder has filled the bundle's CPU graph cache entry."""
     if a.providers != "cpu":
@@ -254,7 +275,9 @@ def main():
     ap.add_argument("--precisions", nargs="+", default=["fp32", "int8", "fp16"], choices=["fp32", "int8", "fp16"])
     ap.add_argument("--backbone", default="ViT-B/16")
     ap.add_argument("--pretrained", default="random", help="weights for every pipeline (random needs no network)")
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per figure in each worker (median)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternate the reference and the runtime rows this many times (median over rounds)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--providers", default="cpu", help="runtime provider (cpu, cuda, tensorrt)")
     ap.add_argument("--bundle-dir", help="reuse/keep exported bundles here")
@@ -291,27 +314,35 @@ def main():
         heads = vcfg["width"] // vcfg.get("head_width", 64)
         gflop = surgery_vit_gflop(vcfg["width"], vcfg["layers"], heads, vcfg["patch_size"], size, cfg["embed_dim"],
                                   n_classes, choice.spec.surgery_blocks, vcfg.get("mlp_ratio", 4.0))
-        rows = {}
+        bundles, first = {}, {}
         for prec in precisions:
-            bundle = bundle_dir / f"{a.backbone.replace('/', '-')}-{size}-{prec}"
-            export(a, bundle, size, prec)
-            if prec == "fp32":
-                print(f"measuring the torch reference at {size} ...", file=sys.stderr)
-                rows["torch reference"] = run_worker("torch", a, bundle, size)
-            print(f"measuring {prec} at {size} ...", file=sys.stderr)
-            first = run_worker("runtime", a, bundle, size, ["--cold-only"])  # starts filling the graph cache
-            wait_for_graph_cache(a, bundle)  # the builder runs in the background: never time beside it
-            r = run_worker("runtime", a, bundle, size)
-            r["cold_first_ever_s"] = first["cold_import_s"] + first["cold_load_s"] + first["cold_first_s"]
-            r["first_ever_rss_mb"] = first["peak_rss_mb"]
-            r["bundle_mb"] = bundle_mb(bundle)
-            rows[f"clipxai {prec}"] = r
+            bundles[prec] = bundle_dir / f"{a.backbone.replace('/', '-')}-{size}-{prec}"
+            export(a, bundles[prec], size, prec)
+            print(f"first-ever load of {prec} at {size} ...", file=sys.stderr)
+            first[prec] = run_worker("runtime", a, bundles[prec], size, ["--cold-only"])  # starts the cache fill
+            wait_for_graph_cache(a, bundles[prec])  # the builder runs in the background: never time beside it
+        # Rounds: the reference and every runtime row back to back, again and again, so a slow
+        # spell of this shared machine hits both sides; ratios are taken within a round.
+        rounds = []
+        for r in range(a.rounds):
+            print(f"round {r + 1}/{a.rounds} at {size}: torch reference, {', '.join(precisions)} ...", file=sys.stderr)
+            row = {"torch reference": run_worker("torch", a, bundles["fp32"], size)}
+            for prec in precisions:
+                row[f"clipxai {prec}"] = run_worker("runtime", a, bundles[prec], size)
+            rounds.append(row)
+        rows = combine_rounds(rounds)
+        for prec in precisions:
+            d = rows[f"clipxai {prec}"]
+            f = first[prec]
+            d["cold_first_ever_s"] = f["cold_import_s"] + f["cold_load_s"] + f["cold_first_s"]
+            d["first_ever_rss_mb"] = f["peak_rss_mb"]
+            d["bundle_mb"] = bundle_mb(bundles[prec])
         results.append((size, gflop, rows))
     ceilings.append(run_worker("ceiling", a, "-", 0)["gflops"])  # again at the end: the machine may drift
     ceiling = max(ceilings)
 
     print(f"\n{a.backbone} ({a.pretrained} weights), {n_classes} classes, 640x427 input, {a.threads} threads, "
-          f"median of {a.runs} runs")
+          f"median of {a.runs} runs per worker, median over {a.rounds} rounds")
     print(f"CPU: {cpu_name()}; Python {platform.python_version()}; onnxruntime {ort.__version__}")
     print(f"fp32 ceiling (onnxruntime MatMul 2048x2048x2048, constant B, own process): {ceiling:.1f} GFLOP/s "
           f"(the higher of {ceilings[0]:.1f} before and {ceilings[1]:.1f} after the runs)")
@@ -320,19 +351,18 @@ def main():
     print("\nimage -> heatmaps (preprocessing, graph, upsampling to 640x427); GFLOP/s and % of the ceiling are "
           "for the graph alone (model FLOPs / graph time; int8 counts the same FLOPs)\n")
     print("| size | GFLOP/img | pipeline | batch | ms / batch | img/s | graph ms | GFLOP/s | % ceiling | "
-          "speed vs reference |")
+          "speed vs reference (min–max over rounds) |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for size, gflop, rows in results:
-        ref = rows["torch reference"]
         for name, d in rows.items():
             for bs in BATCHES:
                 total = d[f"total_ms_b{bs}"]
                 infer = d["infer_ms"] if bs == 1 else d["infer_ms_b4"]
                 gfs = gflop * bs / (infer / 1000)
-                ratio = ref[f"total_ms_b{bs}"] / total
+                ratio, low, high = d[f"ratio_b{bs}"]
                 print(f"| {size} | {gflop:.1f} | {name} | {bs} | {total:.1f} | {1000 * bs / total:.2f} | "
                       f"{infer:.1f} | {gfs:.1f} | {100 * gfs / ceiling:.0f}% | "
-                      f"{'—' if name == 'torch reference' else f'**{ratio:.2f}×**'} |")
+                      f"{'—' if name == 'torch reference' else f'**{ratio:.2f}×** ({low:.2f}–{high:.2f})'} |")
     print("\nbatch 1 in parts, memory and cold start (import / load / first image; first ever = with an empty "
           "graph cache, which a background process then fills)\n")
     print("| size | pipeline | pre ms | graph ms | post ms | peak RSS b1 MB | peak RSS b4 MB | bundle MB | "

@@ -50,3 +50,20 @@ def test_analytic_flops_match_the_graph(tmp_path, size):
                                                  TINY_CFG["embed_dim"], len(classes), TINY_SURGERY_BLOCKS)
     got = graph_gflop(res.path / "model.onnx")
     assert got == pytest.approx(want, rel=1e-4), (got, want)
+
+
+def test_rounds_are_combined_by_median_and_ratios_are_taken_within_a_round():
+    bench = _benchmark_module()
+
+    def row(total1, total4, rss):
+        return {"total_ms_b1": total1, "total_ms_b4": total4, "peak_rss_mb": rss, "provider": "x"}
+
+    # Round 2 is a slow spell for both sides: the ratio within each round stays 2.
+    rounds = [{"torch reference": row(200, 800, 10), "clipxai fp32": row(100, 400, 5)},
+              {"torch reference": row(600, 2400, 30), "clipxai fp32": row(300, 1200, 7)},
+              {"torch reference": row(220, 880, 20), "clipxai fp32": row(110, 440, 6)}]
+    rows = bench.combine_rounds(rounds)
+    fp32 = rows["clipxai fp32"]
+    assert fp32["total_ms_b1"] == 110 and fp32["peak_rss_mb"] == 6 and fp32["provider"] == "x"
+    assert fp32["ratio_b1"] == (2.0, 2.0, 2.0) and fp32["ratio_b4"] == (2.0, 2.0, 2.0)
+    assert rows["torch reference"]["ratio_b1"] == (1.0, 1.0, 1.0)
