@@ -44,7 +44,7 @@ class TextTowerOnnxModel(nn.Module):
         x = self.token_embedding(input_ids) + self.positional_embedding[:length]
         mask = self.attn_mask[:length, :length]
         for blk in self.blocks:
-            x = plain_block(blk, x, mask)
+            x = plain_block(blk, x, mask, chunked_mlp=False)
         x = self.ln_final(x)
         index = eot_index.reshape(-1, 1, 1).expand(-1, 1, x.shape[2])
         pooled = x.gather(1, index).squeeze(1)  # [P, C]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipxai.errors import ClipxaiError
-from clipxai.models.attention import attend, class_row_attention, out_proj, plain_block, project
+from clipxai.models.attention import attend, class_row_attention, mlp, out_proj, plain_block, project
 from clipxai.models.surgery import check_vit_structure, resize_pos_embed
 
 NACLIP_SIGMA = 5.0
@@ -102,7 +102,7 @@ def naclip_omega(grid: int, sigma: float = NACLIP_SIGMA) -> torch.Tensor:
 
 
 def _mlp(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return x + blk.mlp(blk.ln_2(x))
+    return x + mlp(blk.mlp, blk.ln_2(x))
 
 
 def _vanilla(blk, x, omega):

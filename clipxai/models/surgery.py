@@ -13,7 +13,7 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
 from clipxai.errors import ClipxaiError
-from clipxai.models.attention import attend, class_row_attention, out_proj, plain_block, project
+from clipxai.models.attention import attend, class_row_attention, mlp, out_proj, plain_block, project
 
 
 def check_vit_structure(visual: nn.Module) -> None:
@@ -121,14 +121,14 @@ class SurgeryViT(nn.Module):
             if i < len(surgery) - 1:
                 q, k, v = project(blk.attn, h, "qkv")
                 x_ori = x_ori + out_proj(blk.attn, attend(q, k, v))
-                x_ori = x_ori + blk.mlp(blk.ln_2(x_ori))
+                x_ori = x_ori + mlp(blk.mlp, blk.ln_2(x_ori))
             else:
                 # Last block: the original path only feeds the class token, so
                 # its attention row and MLP are computed for token 0 alone, and
                 # its keys are never formed (class_row_attention).
                 v = project(blk.attn, h, "v")[0]
                 cls = x_ori[:, :1] + out_proj(blk.attn, class_row_attention(blk.attn, h, v))
-                x_ori = cls + blk.mlp(blk.ln_2(cls))
+                x_ori = cls + mlp(blk.mlp, blk.ln_2(cls))
             # Surgery path: v-v self-attention, same scale, no MLP.
             x_new = x_new + out_proj(blk.attn, attend(v, v, v))
 
