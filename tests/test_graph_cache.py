@@ -174,3 +174,14 @@ def test_warm_and_clear_commands(bundle, tmp_path):
     assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ") and "not a bundle" in r.output
     r = CliRunner().invoke(main, ["clear", "--cache-dir", str(root)])
     assert r.exit_code == 0 and "removed" in r.output and not (root / "graphs").exists()
+
+
+def test_a_frozen_app_fills_the_cache_while_loading(bundle, tmp_path, monkeypatch, caplog):
+    import sys
+    monkeypatch.setattr(sys, "frozen", True, raising=False)  # PyInstaller & co: no `python -m` to start
+    assert not gc.background_supported()
+    caplog.set_level(logging.INFO, logger="clipxai")
+    root = tmp_path / "cache"
+    Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root), graph_cache="background")
+    assert "cached the optimized graph" in caplog.text and "in the background" not in caplog.text
+    assert len(_entries(root)) == 1

@@ -32,7 +32,6 @@ Each entry takes about twice the model's size on disk. The mode comes from the
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -47,6 +46,11 @@ import time
 from pathlib import Path
 
 import onnxruntime as ort
+
+try:  # POSIX; elsewhere the background mode falls back to "sync" (background_supported)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 log = logging.getLogger("clipxai")
 
@@ -73,6 +77,12 @@ def resolve_mode(graph_cache: bool | str | None = None) -> str:
     if mode is None:
         raise ValueError(f"unknown graph cache mode {word!r}; use one of {', '.join(MODES)}")
     return mode
+
+
+def background_supported() -> bool:
+    """Whether a builder process can be started: a POSIX system and a real Python
+    interpreter (a frozen app's sys.executable cannot run ``-m``)."""
+    return fcntl is not None and os.name == "posix" and not getattr(sys, "frozen", False)
 
 
 def enabled() -> bool:

@@ -165,6 +165,8 @@ def create_session(model_path: Path, providers: ProviderSpec = "auto",
         mode = gc.resolve_mode(options.graph_cache)
     except ValueError as e:
         raise ClipxaiError(str(e))
+    if mode == "background" and not gc.background_supported():
+        mode = "sync"
     if mode != "off" and model_sha256 and wanted == CPU:
         sess = _open_cached(Path(model_path), model_sha256, options, resolved, mode)
     else:
