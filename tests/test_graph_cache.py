@@ -185,3 +185,21 @@ def test_a_frozen_app_fills_the_cache_while_loading(bundle, tmp_path, monkeypatc
     Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root), graph_cache="background")
     assert "cached the optimized graph" in caplog.text and "in the background" not in caplog.text
     assert len(_entries(root)) == 1
+
+
+def test_sessions_are_created_with_large_blocks_returned_to_the_system(bundle, monkeypatch):
+    import platform
+    from clipxai.runtime import memory
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert memory._glibc() is not None  # the real mallopt is found where it exists
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(memory, "_glibc", lambda: FakeLibc())
+    Predictor.from_bundle(bundle, providers="cpu", graph_cache=False)
+    # 128 KB while onnxruntime loads and prepacks (freed weights are unmapped), then 32 MB.
+    assert calls == [(memory.M_MMAP_THRESHOLD, 128 * 1024), (memory.M_MMAP_THRESHOLD, 32 * 1024 * 1024)]

@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from clipxai.errors import ClipxaiError
 from clipxai.runtime import graph_cache as gc
+from clipxai.runtime.memory import large_blocks_returned
 
 log = logging.getLogger("clipxai")
 
@@ -102,7 +103,8 @@ def _session_options(options: SessionOptions) -> ort.SessionOptions:
 
 def _open(path: Path, so: ort.SessionOptions, resolved: list) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(path), so, providers=resolved)
+        with large_blocks_returned():  # memory.py: freed weights go back to the system
+            return ort.InferenceSession(str(path), so, providers=resolved)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ClipxaiError(f"{path}: onnxruntime could not load the graph ({first[:300]})")
