@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -297,9 +298,11 @@ def main():
     import open_clip
     from clipxai.models.backbones import resolve_backbone
 
+    given_cache = a.cache_dir
     a.cache_dir = a.cache_dir or tempfile.mkdtemp(prefix="clipxai-bench-cache-")
     gpu = any(p in ort.get_available_providers() for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
-    precisions = [p for p in a.precisions if p != "fp16" or gpu]
+    # fp32 always: the reference row takes its text embeddings from the fp32 bundle.
+    precisions = ["fp32"] + [p for p in dict.fromkeys(a.precisions) if p != "fp32" and (p != "fp16" or gpu)]
     skipped_fp16 = "fp16" in a.precisions and not gpu
     choice = resolve_backbone(a.backbone)
     cfg = open_clip.get_model_config(choice.spec.open_clip_name)
@@ -310,35 +313,40 @@ def main():
     ceilings = [run_worker("ceiling", a, "-", 0)["gflops"]]
     bundle_dir = Path(a.bundle_dir or tempfile.mkdtemp(prefix="clipxai-bench-"))
     results = []
-    for size in a.sizes:
-        heads = vcfg["width"] // vcfg.get("head_width", 64)
-        gflop = surgery_vit_gflop(vcfg["width"], vcfg["layers"], heads, vcfg["patch_size"], size, cfg["embed_dim"],
-                                  n_classes, choice.spec.surgery_blocks, vcfg.get("mlp_ratio", 4.0))
-        bundles, first = {}, {}
-        for prec in precisions:
-            bundles[prec] = bundle_dir / f"{a.backbone.replace('/', '-')}-{size}-{prec}"
-            export(a, bundles[prec], size, prec)
-            print(f"first-ever load of {prec} at {size} ...", file=sys.stderr)
-            first[prec] = run_worker("runtime", a, bundles[prec], size, ["--cold-only"])  # starts the cache fill
-            wait_for_graph_cache(a, bundles[prec])  # the builder runs in the background: never time beside it
-        # Rounds: the reference and every runtime row back to back, again and again, so a slow
-        # spell of this shared machine hits both sides; ratios are taken within a round.
-        rounds = []
-        for r in range(a.rounds):
-            print(f"round {r + 1}/{a.rounds} at {size}: torch reference, {', '.join(precisions)} ...", file=sys.stderr)
-            row = {"torch reference": run_worker("torch", a, bundles["fp32"], size)}
+    try:
+        for size in a.sizes:
+            heads = vcfg["width"] // vcfg.get("head_width", 64)
+            gflop = surgery_vit_gflop(vcfg["width"], vcfg["layers"], heads, vcfg["patch_size"], size, cfg["embed_dim"],
+                                      n_classes, choice.spec.surgery_blocks, vcfg.get("mlp_ratio", 4.0))
+            bundles, first = {}, {}
             for prec in precisions:
-                row[f"clipxai {prec}"] = run_worker("runtime", a, bundles[prec], size)
-            rounds.append(row)
-        rows = combine_rounds(rounds)
-        for prec in precisions:
-            d = rows[f"clipxai {prec}"]
-            f = first[prec]
-            d["cold_first_ever_s"] = f["cold_import_s"] + f["cold_load_s"] + f["cold_first_s"]
-            d["first_ever_rss_mb"] = f["peak_rss_mb"]
-            d["bundle_mb"] = bundle_mb(bundles[prec])
-        results.append((size, gflop, rows))
-    ceilings.append(run_worker("ceiling", a, "-", 0)["gflops"])  # again at the end: the machine may drift
+                bundles[prec] = bundle_dir / f"{a.backbone.replace('/', '-')}-{size}-{prec}"
+                export(a, bundles[prec], size, prec)
+                print(f"first-ever load of {prec} at {size} ...", file=sys.stderr)
+                first[prec] = run_worker("runtime", a, bundles[prec], size, ["--cold-only"])  # starts the cache fill
+                wait_for_graph_cache(a, bundles[prec])  # the builder runs in the background: never time beside it
+            # Rounds: the reference and every runtime row back to back, again and again, so a slow
+            # spell of this shared machine hits both sides; ratios are taken within a round.
+            rounds = []
+            for r in range(a.rounds):
+                print(f"round {r + 1}/{a.rounds} at {size}: torch reference, {', '.join(precisions)} ...", file=sys.stderr)
+                row = {"torch reference": run_worker("torch", a, bundles["fp32"], size)}
+                for prec in precisions:
+                    row[f"clipxai {prec}"] = run_worker("runtime", a, bundles[prec], size)
+                rounds.append(row)
+            rows = combine_rounds(rounds)
+            for prec in precisions:
+                d = rows[f"clipxai {prec}"]
+                f = first[prec]
+                d["cold_first_ever_s"] = f["cold_import_s"] + f["cold_load_s"] + f["cold_first_s"]
+                d["first_ever_rss_mb"] = f["peak_rss_mb"]
+                d["bundle_mb"] = bundle_mb(bundles[prec])
+            results.append((size, gflop, rows))
+        ceilings.append(run_worker("ceiling", a, "-", 0)["gflops"])  # again at the end: the machine may drift
+    finally:  # what this run created in the temp folder (graph caches ~2x, bundles ~1x the model each)
+        for made, given in ((a.cache_dir, given_cache), (bundle_dir, a.bundle_dir)):
+            if not given:
+                shutil.rmtree(made, ignore_errors=True)
     ceiling = max(ceilings)
 
     print(f"\n{a.backbone} ({a.pretrained} weights), {n_classes} classes, 640x427 input, {a.threads} threads, "
