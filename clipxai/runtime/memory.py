@@ -10,9 +10,16 @@ ViT-B/16 that left the first, uncached load at a peak RSS of 684-689 MB in
 threshold fixed at 128 KB (measured; inference time unchanged).
 
 ``large_blocks_returned()`` fixes the threshold at 128 KB while a session is
-created, then sets it to 32 MB: the value the dynamic threshold would have
-reached anyway, so the app's own allocations afterwards behave as they would
-have. glibc only (Linux); elsewhere it does nothing.
+created, then sets it to 32 MB and the heap's trim threshold to 64 MB: the
+values glibc's dynamic adjustment reaches on its own (it sets the trim
+threshold to twice the mmap threshold), so the app's own allocations
+afterwards behave as they would have. The trim threshold matters: fixing the
+mmap threshold with ``mallopt`` also stops that adjustment, and with the trim
+threshold left at its 128 KB default every multi-megabyte array freed at the
+top of the heap was handed back to the system and faulted in again by the
+next one. Measured: upsampling 5 maps to 640x427 took 4.4 ms instead of 0.8,
+preprocessing to 448 took 9.6 ms instead of 6.0. glibc only (Linux);
+elsewhere it does nothing.
 """
 
 from __future__ import annotations
@@ -23,9 +30,11 @@ import ctypes.util
 import platform
 from typing import Iterator
 
-M_MMAP_THRESHOLD = -3           # glibc's mallopt parameter number
+M_TRIM_THRESHOLD = -1           # glibc's mallopt parameter numbers
+M_MMAP_THRESHOLD = -3
 LOADING_THRESHOLD = 128 * 1024  # glibc's default starting threshold
 AFTER_THRESHOLD = 32 * 1024 * 1024  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit systems
+AFTER_TRIM = 2 * AFTER_THRESHOLD    # what glibc's dynamic adjustment pairs with it
 
 _libc = None
 
@@ -55,3 +64,4 @@ def large_blocks_returned() -> Iterator[None]:
         yield
     finally:
         libc.mallopt(M_MMAP_THRESHOLD, AFTER_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, AFTER_TRIM)
