@@ -48,10 +48,11 @@ def test_first_load_fills_the_cache_and_later_loads_use_it(bundle, tmp_path, cap
     second = Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root)).predict(_image())
     assert "loaded the optimized graph from" in caplog.text
     assert _entries(root) == [entry]
-    for p in (first, second):  # bit-identical to the uncached session
-        assert np.array_equal(p.similarity, plain.similarity)
-        assert np.array_equal(p.heatmaps_grid, plain.heatmaps_grid)
-        assert np.array_equal(p.scores, plain.scores)
+    # The cached graph has its attention fused (test_attention_fusion.py): equal to the bundle's
+    # graph within float rounding, and the same bits on every load.
+    for name in ("similarity", "heatmaps_grid", "scores"):
+        assert np.array_equal(getattr(first, name), getattr(second, name))
+        assert np.abs(getattr(first, name) - getattr(plain, name)).max() <= 1e-5
 
 
 def test_damaged_entries_are_rebuilt(bundle, tmp_path, caplog):
@@ -63,7 +64,7 @@ def test_damaged_entries_are_rebuilt(bundle, tmp_path, caplog):
     data = entry / gc.DATA_FILE
     data.write_bytes(data.read_bytes()[:100])
     p = Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root)).predict(_image())
-    assert np.array_equal(p.heatmaps_grid, want.heatmaps_grid)
+    assert np.abs(p.heatmaps_grid - want.heatmaps_grid).max() <= 1e-5  # fused attention: float rounding
     (entry,) = _entries(root)
     assert data.stat().st_size > 100
     # A garbled graph of the right size: onnxruntime refuses it, the entry is replaced.
@@ -72,7 +73,7 @@ def test_damaged_entries_are_rebuilt(bundle, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="clipxai")
     p = Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root)).predict(_image())
     assert "discarding an unreadable graph cache entry" in caplog.text
-    assert np.array_equal(p.heatmaps_grid, want.heatmaps_grid)
+    assert np.abs(p.heatmaps_grid - want.heatmaps_grid).max() <= 1e-5  # fused attention: float rounding
     assert gc.lookup(root, json.loads((entry / gc.DONE_FILE).read_text())["key"]) is not None
 
 
@@ -125,8 +126,8 @@ def test_background_mode_loads_at_once_and_fills_the_cache_in_another_process(bu
     second = Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root), graph_cache="background")
     assert "loaded the optimized graph from" in caplog.text and "in the background" not in caplog.text
     for q in (first, second.predict(_image())):
-        assert np.array_equal(q.heatmaps_grid, plain.heatmaps_grid)
-        assert np.array_equal(q.scores, plain.scores)
+        assert np.abs(q.heatmaps_grid - plain.heatmaps_grid).max() <= 1e-5
+        assert np.abs(q.scores - plain.scores).max() <= 1e-5
 
 
 def test_one_builder_per_entry(bundle, tmp_path):

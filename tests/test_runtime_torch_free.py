@@ -63,8 +63,10 @@ def bundle(tmp_path_factory):
 
 
 def test_runtime_runs_with_torch_blocked(bundle, tmp_path):
+    import os
+    env = dict(os.environ, CLIPXAI_CACHE_DIR=str(tmp_path / "graph-cache"))  # its own: built here, without onnx
     r = subprocess.run([sys.executable, "-c", SCRIPT, str(bundle), str(ROCKET), str(tmp_path / "out")],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout.strip().splitlines()[-1])
     assert info["heatmaps"] == [2, 427, 640] and info["seg"] == [427, 640]
@@ -73,6 +75,11 @@ def test_runtime_runs_with_torch_blocked(bundle, tmp_path):
     allowed = {"numpy", "onnxruntime", "PIL", "click", "threadpoolctl", "coloredlogs", "humanfriendly", "flatbuffers", "packaging",
                "google", "sympy", "mpmath", "ml_dtypes"}
     assert set(info["third_party"]) <= allowed, set(info["third_party"]) - allowed
+    # Without onnx (an optional extra) the CPU graph cache is still built, without attention fusion.
+    from clipxai.runtime import graph_cache as gc
+    sha = json.loads((bundle / "manifest.json").read_text())["files"]["model.onnx"]["sha256"]
+    entry = gc.lookup(tmp_path / "graph-cache", gc.cache_key(sha))
+    assert entry is not None and json.loads((entry.parent / gc.DONE_FILE).read_text())["attention_fused"] == 0
     assert (tmp_path / "out" / "rocket_segmentation.png").exists()
 
 

@@ -7,6 +7,13 @@ into a cache entry. Later loads open the entry instead: no graph optimization,
 no prepacking, weights memory-mapped, so loading is faster and peak memory
 lower. The outputs are bit-identical (tested).
 
+Before onnxruntime optimizes it, the graph's explicit attention is fused into
+onnxruntime's CPU attention kernel (attention_fusion.py; needs the optional
+``onnx`` package, ``clipxai[fusion]``, else the entry is unfused); the builder runs the
+fused graph and the bundle's graph on the same probe input and keeps the
+fused one only if every output agrees within 1e-4, else it caches the
+unfused graph.
+
 The entry is keyed by the model's sha256, the onnxruntime version, the
 provider and this CPU (model name and instruction-set flags): a bundle moved to
 another machine or a new onnxruntime gets a new entry, never a foreign one.
@@ -45,6 +52,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
 try:  # POSIX; elsewhere the background mode falls back to "sync" (background_supported)
@@ -54,10 +62,12 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger("clipxai")
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: attention fused into MultiHeadAttention (attention_fusion.py)
 GRAPH_FILE = "graph.onnx"
 DATA_FILE = "graph.onnx.data"
 DONE_FILE = "entry.json"
+FUSED_FILE = "fused.onnx"  # staging only: the bundle graph with attention fused, before onnxruntime
+FUSION_TOLERANCE = 1e-4    # max abs difference allowed between fused and bundle graph outputs
 
 
 MODES = ("background", "sync", "off")
@@ -156,11 +166,11 @@ def new_staging(root: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=".partial-", dir=graphs))
 
 
-def commit(staging: Path, root: Path, key: dict) -> Path | None:
+def commit(staging: Path, root: Path, key: dict, notes: dict | None = None) -> Path | None:
     """Seal a staged entry and rename it into place (another process may have won: fine)."""
     try:
         sizes = {name: (staging / name).stat().st_size for name in (GRAPH_FILE, DATA_FILE)}
-        (staging / DONE_FILE).write_text(json.dumps({"key": key, "sizes": sizes}, indent=1))
+        (staging / DONE_FILE).write_text(json.dumps({"key": key, "sizes": sizes, **(notes or {})}, indent=1))
         target = entry_dir(root, key)
         if target.exists():
             shutil.rmtree(target, ignore_errors=True)
@@ -231,19 +241,86 @@ def build(model_path: Path, model_sha256: str, root: Path, threads: int = 1) -> 
             log.warning("%s changed since it was checked; not caching it", model_path)
             return None
         staging = new_staging(root)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.intra_op_num_threads = threads
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        saving_options(so, staging)
         try:
-            ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+            fused = _save_optimized(model_path, staging, threads)
         except BaseException:
             discard(staging)
             raise
-        return commit(staging, root, key)
+        return commit(staging, root, key, {"attention_fused": fused})
     finally:
         lock.close()
+
+
+def _cpu_session(source: Path, threads: int, staging: Path | None = None) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if staging is not None:
+        saving_options(so, staging)
+    return ort.InferenceSession(str(source), so, providers=["CPUExecutionProvider"])
+
+
+def _save_optimized(model_path: Path, staging: Path, threads: int) -> int:
+    """Save the optimized, prepacked graph into ``staging``, with attention fused where the
+    fused graph agrees with the bundle's; returns the number of attention blocks fused."""
+    source, fused = _fuse(model_path, staging)
+    sess = _cpu_session(source, threads, staging)
+    if fused:
+        feeds = probe_feeds(sess)
+        got = sess.run(None, feeds)
+        del sess
+        want = _cpu_session(model_path, threads).run(None, feeds)
+        error = max(float(np.max(np.abs(np.asarray(g, np.float64) - w))) for g, w in zip(got, want))
+        if not error <= FUSION_TOLERANCE:
+            log.warning("fused attention changed the outputs of %s (max abs difference %.2g > %g); "
+                        "caching the unfused graph", model_path, error, FUSION_TOLERANCE)
+            for name in (GRAPH_FILE, DATA_FILE):
+                (staging / name).unlink(missing_ok=True)
+            fused = 0
+            _cpu_session(model_path, threads, staging)
+    for name in (FUSED_FILE, FUSED_FILE + ".data"):
+        (staging / name).unlink(missing_ok=True)
+    return fused
+
+
+def _fuse(model_path: Path, staging: Path) -> tuple[Path, int]:
+    """The graph to optimize: the bundle's with attention fused, written into ``staging``
+    (path, blocks fused), or the bundle's own (model_path, 0) when nothing matched."""
+    try:
+        import onnx
+        from clipxai.runtime.attention_fusion import fuse_attention
+    except ImportError:  # an optional dependency (clipxai[fusion]): without it the cache is unfused
+        log.info("caching the graph without attention fusion (install onnx, or clipxai[fusion], to fuse it)")
+        return model_path, 0
+    model = onnx.load(str(model_path))
+    try:
+        fused = fuse_attention(model)
+    except Exception as e:  # noqa: BLE001 - an optimization: never a reason to fail the cache
+        log.warning("attention fusion failed on %s (%s); caching the unfused graph", model_path, e)
+        return model_path, 0
+    if not fused:
+        return model_path, 0
+    onnx.save_model(model, str(staging / FUSED_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=FUSED_FILE + ".data", size_threshold=1024)
+    return staging / FUSED_FILE, fused
+
+
+def probe_feeds(sess: ort.InferenceSession, seed: int = 0) -> dict:
+    """Deterministic inputs for any graph: dynamic dims 1, floats uniform in [0, 1), integers 0."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in sess.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        if inp.type == "tensor(float)":
+            feeds[inp.name] = rng.random(shape, dtype=np.float32)
+        elif inp.type == "tensor(float16)":
+            feeds[inp.name] = rng.random(shape, dtype=np.float32).astype(np.float16)
+        elif inp.type == "tensor(bool)":
+            feeds[inp.name] = np.zeros(shape, bool)
+        else:
+            feeds[inp.name] = np.zeros(shape, np.int64 if "int64" in inp.type else np.int32)
+    return feeds
 
 
 def start_background_build(model_path: Path, model_sha256: str, root: Path) -> subprocess.Popen | None:

@@ -10,6 +10,7 @@ an error, never a silent fallback. A list of onnxruntime provider names (or
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
@@ -136,21 +137,16 @@ def _open_cached(model_path: Path, model_sha256: str, options: SessionOptions, r
                 log.info("filling the graph cache in %s in the background (pid %d); later loads are faster",
                          root / "graphs", proc.pid)
         return sess
-    try:
-        staging = gc.new_staging(root)
+    try:  # "sync": fill the entry now (attention fused and checked, graph_cache.build), then open it
+        entry = gc.build(model_path, model_sha256, root, threads=int(options.threads or os.cpu_count() or 1))
     except OSError as e:
         log.warning("graph cache %s is not writable (%s); loading without it", root, e)
+        entry = None
+    cached = gc.lookup(root, key) if entry is not None else None
+    if cached is None:  # not writable, or another process is filling it right now
         return _open(model_path, _session_options(options), resolved)
-    so = _session_options(options)
-    gc.saving_options(so, staging)
-    try:
-        sess = _open(model_path, so, resolved)
-    except BaseException:
-        gc.discard(staging)
-        raise
-    if gc.commit(staging, root, key) is not None:
-        log.info("cached the optimized graph in %s (next loads are faster)", root / "graphs")
-    return sess
+    log.info("cached the optimized graph in %s (next loads are faster)", root / "graphs")
+    return _open(cached, _session_options(options), resolved)
 
 
 def create_session(model_path: Path, providers: ProviderSpec = "auto",
