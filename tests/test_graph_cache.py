@@ -170,6 +170,7 @@ def test_warm_and_clear_commands(bundle, tmp_path):
     r = CliRunner().invoke(main, ["warm", str(bundle), "--cache-dir", str(root)])
     assert r.exit_code == 0, r.output
     assert r.output.startswith("graph cache ready: ") and len(_entries(root)) == 1
+    assert "7 attention blocks fused" in r.output  # tests/tiny.py: 4 plain q-k blocks + 3 v-v
     r = CliRunner().invoke(main, ["warm", str(tmp_path / "nope"), "--cache-dir", str(root)])
     assert r.exit_code == 2
     assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ") and "not a bundle" in r.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -40,7 +41,12 @@ def warm(bundle, cache_dir):
         click.secho("error: another process is filling this cache entry; run again when it has finished",
                     fg="red", err=True)
         sys.exit(1)
-    click.echo(f"graph cache ready: {entry} ({time.perf_counter() - t:.1f} s)")
+    try:
+        fused = json.loads((entry / gc.DONE_FILE).read_text()).get("attention_fused", 0)
+    except (OSError, ValueError):
+        fused = 0
+    how = f"{fused} attention blocks fused" if fused else "attention not fused"
+    click.echo(f"graph cache ready: {entry} ({time.perf_counter() - t:.1f} s, {how})")
 
 
 @main.command()
