@@ -144,3 +144,16 @@ def test_a_fusion_that_changes_the_outputs_is_not_cached(tmp_path_factory, tmp_p
 
 def _sha(bundle):
     return json.loads((bundle / "manifest.json").read_text())["files"]["model.onnx"]["sha256"]
+
+
+def test_int8_graphs_are_cached_unfused(tmp_path_factory, tmp_path, caplog):
+    """Dynamic activation quantization turns float rounding into visible differences
+    (0.034 on an int8 ViT-B/16 at 448), so int8 graphs are not fused, and no warning is logged."""
+    root = tmp_path_factory.mktemp("int8")
+    bundle = export_bundle(ExportConfig(output=root / "b", classes=CLASSES, backbone=TINY.name, precision="int8",
+                                        pretrained="random", image_size=SIZE)).path
+    caplog.set_level(logging.INFO, logger="clipxai")
+    entry = gc.build(bundle / "model.onnx", _sha(bundle), tmp_path)
+    assert json.loads((entry / gc.DONE_FILE).read_text())["attention_fused"] == 0
+    assert "int8 graph: caching it without attention fusion" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
