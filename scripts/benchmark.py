@@ -15,6 +15,11 @@ with the same weights and thread count. Figures are medians of --runs runs in
 a worker; the reference and the runtime rows alternate for --rounds rounds and
 each figure is the median over rounds (speed ratios are taken within a round,
 so a slow spell of a shared machine hits both sides).
+Then, with --pairs N, every pipeline is loaded once more into a long-lived
+worker and the parent asks them in turn, in a shuffled order with a pause
+between calls, for one batch-1 prediction each, N times: the ratio of every
+set is taken between predictions seconds apart, so it is much less sensitive
+to the slow spells of a shared machine than the per-round ratios.
 The run also measures this machine's fp32 ceiling (onnxruntime MatMul,
 2048x2048x2048) and counts the model's FLOPs analytically, so it can print
 the achieved GFLOP/s as a fraction of the ceiling.
@@ -116,6 +121,16 @@ def fp32_ceiling_gflops(threads, n=2048, runs=7):
 
 # ---------------------------------------------------------------- workers
 
+def serve(predict):
+    """Paired mode: time one ``predict()`` per line read from stdin, print its ms; stop at EOF."""
+    predict()
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        t0 = time.perf_counter()
+        predict()
+        print(f"{(time.perf_counter() - t0) * 1e3:.3f}", flush=True)
+
+
 def worker_runtime(a):
     t0 = time.perf_counter()
     from clipxai.runtime import Predictor
@@ -126,6 +141,8 @@ def worker_runtime(a):
     t_session = time.perf_counter()
     _ = p.predict(ROCKET).heatmaps
     t_first = time.perf_counter()
+    if a.serve:
+        return serve(lambda: p.predict(ROCKET).heatmaps)
     out = {"cold_import_s": t_import - t0, "cold_load_s": t_session - t_import, "cold_first_s": t_first - t_session,
            "provider": p.provider}
     if a.cold_only:
@@ -184,6 +201,8 @@ def worker_torch(a):
 
     pipeline()
     t_first = time.perf_counter()
+    if a.serve:
+        return serve(pipeline)
     out = {"cold_import_s": t_import - t0, "cold_load_s": t_session - t_import, "cold_first_s": t_first - t_session,
            "provider": "torch CPU"}
     x = pre()
@@ -197,16 +216,71 @@ def worker_torch(a):
     return out
 
 
-def run_worker(kind, a, bundle, size, extra=()):
-    cmd = [sys.executable, __file__, "--worker", kind, "--bundle", str(bundle), "--size", str(size),
+def worker_command(kind, a, bundle, size, extra=()):
+    return [sys.executable, __file__, "--worker", kind, "--bundle", str(bundle), "--size", str(size),
            "--runs", str(a.runs), "--threads", str(a.threads), "--backbone", a.backbone, "--pretrained", a.pretrained,
            "--providers", a.providers, *extra]
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), CLIPXAI_CACHE_DIR=a.cache_dir)
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+def worker_env(a):
+    return dict(os.environ, OMP_NUM_THREADS=str(a.threads), CLIPXAI_CACHE_DIR=a.cache_dir)
+
+
+def run_worker(kind, a, bundle, size, extra=()):
+    r = subprocess.run(worker_command(kind, a, bundle, size, extra), capture_output=True, text=True, env=worker_env(a))
     if r.returncode:
         sys.exit(f"{kind} worker failed:\n{r.stderr}")
     out = json.loads(r.stdout.strip().splitlines()[-1])
     return out
+
+
+def _is_number(line):
+    try:
+        float(line)
+        return True
+    except ValueError:
+        return False
+
+
+def _reply(proc, name, wanted):
+    """The next line of a serving worker that ``wanted(line)`` accepts (other output is skipped)."""
+    for line in proc.stdout:
+        if wanted(line.strip()):
+            return line.strip()
+    sys.exit(f"the {name} worker stopped (paired mode); its error is above")
+
+
+def paired(a, workers, pairs, gap_s=0.3):
+    """Batch-1 predictions taken in turn from long-lived workers.
+
+    ``workers``: {name: (kind, bundle, size)}, the reference first. Each set
+    asks every worker for one prediction, in a shuffled order, with ``gap_s``
+    between calls (so spinning threads of the last one have gone to sleep).
+    Returns {name: (median ms, [ratio of the reference's time to this one's, per set])}.
+    """
+    import random
+    procs = {}
+    try:
+        for name, (kind, bundle, size) in workers.items():
+            procs[name] = subprocess.Popen(worker_command(kind, a, bundle, size, ["--serve"]), stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, text=True, env=worker_env(a))
+            _reply(procs[name], name, lambda line: line == "ready")
+        order, times = list(procs), {name: [] for name in procs}
+        shuffle = random.Random(0).shuffle
+        for _ in range(pairs):
+            shuffle(order)
+            for name in order:
+                time.sleep(gap_s)
+                procs[name].stdin.write("run\n")
+                procs[name].stdin.flush()
+                times[name].append(float(_reply(procs[name], name, _is_number)))
+    finally:
+        for proc in procs.values():
+            if proc.stdin:
+                proc.stdin.close()
+            proc.wait()
+    ref = times[next(iter(workers))]
+    return {name: (statistics.median(t), [r / x for r, x in zip(ref, t)]) for name, t in times.items()}
 
 
 # ---------------------------------------------------------------- main
@@ -244,13 +318,19 @@ def wait_for_graph_cache(a, bundle, timeout=600):
 
 
 def cpu_name():
+    """Model name and the vector-ISA flags that decide GEMM speed (fp32: AVX2/AVX-512; int8: VNNI)."""
+    name, flags = platform.processor() or "unknown CPU", []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                have = set(line.split(":", 1)[1].split())
+                flags = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+                         if f in have]
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    return f"{name} ({', '.join(flags)})" if flags else name
 
 
 def export(a, bundle, size, precision):
@@ -279,6 +359,9 @@ def main():
     ap.add_argument("--runs", type=int, default=5, help="timed runs per figure in each worker (median)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternate the reference and the runtime rows this many times (median over rounds)")
+    ap.add_argument("--pairs", type=int, default=15,
+                    help="then this many sets of single predictions taken in turn from long-lived workers (0: none)")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--providers", default="cpu", help="runtime provider (cpu, cuda, tensorrt)")
     ap.add_argument("--bundle-dir", help="reuse/keep exported bundles here")
@@ -290,6 +373,8 @@ def main():
         return
     if a.worker:
         out = worker_runtime(a) if a.worker == "runtime" else worker_torch(a)
+        if a.serve:
+            return
         out["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(out))
         return
@@ -341,7 +426,12 @@ def main():
                 d["cold_first_ever_s"] = f["cold_import_s"] + f["cold_load_s"] + f["cold_first_s"]
                 d["first_ever_rss_mb"] = f["peak_rss_mb"]
                 d["bundle_mb"] = bundle_mb(bundles[prec])
-            results.append((size, gflop, rows))
+            sets = {}
+            if a.pairs:
+                print(f"{a.pairs} paired sets at {size} ...", file=sys.stderr)
+                sets = paired(a, {"torch reference": ("torch", bundles["fp32"], size),
+                                  **{f"clipxai {p}": ("runtime", bundles[p], size) for p in precisions}}, a.pairs)
+            results.append((size, gflop, rows, sets))
         ceilings.append(run_worker("ceiling", a, "-", 0)["gflops"])  # again at the end: the machine may drift
     finally:  # what this run created in the temp folder (graph caches ~2x, bundles ~1x the model each)
         for made, given in ((a.cache_dir, given_cache), (bundle_dir, a.bundle_dir)):
@@ -361,7 +451,7 @@ def main():
     print("| size | GFLOP/img | pipeline | batch | ms / batch | img/s | graph ms | GFLOP/s | % ceiling | "
           "speed vs reference (min–max over rounds) |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    for size, gflop, rows in results:
+    for size, gflop, rows, _ in results:
         for name, d in rows.items():
             for bs in BATCHES:
                 total = d[f"total_ms_b{bs}"]
@@ -376,7 +466,7 @@ def main():
     print("| size | pipeline | pre ms | graph ms | post ms | peak RSS b1 MB | peak RSS b4 MB | bundle MB | "
           "RSS budget 1.5×bundle+150 | cold s | first ever s | first ever RSS MB |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for size, _, rows in results:
+    for size, _, rows, _ in results:
         for name, d in rows.items():
             cold = d["cold_import_s"] + d["cold_load_s"] + d["cold_first_s"]
             budget = f"{1.5 * d['bundle_mb'] + 150:.0f}" if "bundle_mb" in d else "—"
@@ -386,6 +476,21 @@ def main():
                   f"({d['cold_import_s']:.2f}/{d['cold_load_s']:.2f}/{d['cold_first_s']:.2f}) | "
                   f"{d.get('cold_first_ever_s', float('nan')):.2f} | {d.get('first_ever_rss_mb', float('nan')):.0f} |")
 
+    if a.pairs:
+        print(f"\npaired, batch 1 (image -> heatmaps): {a.pairs} sets, each one prediction per pipeline from "
+              "long-lived workers in a shuffled order, 0.3 s apart; the ratio is taken within each set\n")
+        print("| size | pipeline | median ms | speed vs reference: median of sets (quartiles; min–max) |")
+        print("|---|---|---:|---:|")
+        for size, _, _, sets in results:
+            for name, (ms, ratios) in sets.items():
+                if name == "torch reference":
+                    print(f"| {size} | {name} | {ms:.1f} | — |")
+                    continue
+                q1, q2, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+                print(f"| {size} | {name} | {ms:.1f} | **{statistics.median(ratios):.2f}×** "
+                      f"({q1:.2f}–{q3:.2f}; {min(ratios):.2f}–{max(ratios):.2f}) |")
+
 
 if __name__ == "__main__":
     main()
+

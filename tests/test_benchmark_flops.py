@@ -67,3 +67,39 @@ def test_rounds_are_combined_by_median_and_ratios_are_taken_within_a_round():
     assert fp32["total_ms_b1"] == 110 and fp32["peak_rss_mb"] == 6 and fp32["provider"] == "x"
     assert fp32["ratio_b1"] == (2.0, 2.0, 2.0) and fp32["ratio_b4"] == (2.0, 2.0, 2.0)
     assert rows["torch reference"]["ratio_b1"] == (1.0, 1.0, 1.0)
+
+
+FAKE_WORKER = """
+import sys, time
+print("some other output")
+delay = {delay}
+if delay < 0:
+    sys.exit(3)
+print("ready", flush=True)
+for _ in sys.stdin:
+    t0 = time.perf_counter()
+    time.sleep(delay)
+    print("noise line", flush=True)
+    print(f"{{(time.perf_counter() - t0) * 1e3:.3f}}", flush=True)
+"""
+
+
+def test_paired_mode_takes_ratios_within_each_set(monkeypatch):
+    """Paired mode: long-lived workers answer one prediction per request; the ratio is the reference's time
+    over each pipeline's, set by set (fake workers that sleep 60 and 20 ms: ratio ~3)."""
+    import sys
+    bench = _benchmark_module()
+    delays = {"torch": 0.06, "runtime": 0.02}
+    monkeypatch.setattr(bench, "worker_command",
+                        lambda kind, a, bundle, size, extra=(): [sys.executable, "-c", FAKE_WORKER.format(delay=delays[kind])])
+    monkeypatch.setattr(bench, "worker_env", lambda a: None)
+    out = bench.paired(None, {"torch reference": ("torch", "-", 0), "clipxai fp32": ("runtime", "-", 0)}, 4, gap_s=0)
+    ref_ms, ref_ratios = out["torch reference"]
+    ms, ratios = out["clipxai fp32"]
+    assert len(ratios) == 4 and ref_ratios == [1.0] * 4
+    assert 55 < ref_ms < 120 and 18 < ms < 60
+    assert all(1.5 < r < 3.5 for r in ratios)
+
+    delays["runtime"] = -1  # a worker that dies before it is ready: a clear exit, no hang
+    with pytest.raises(SystemExit, match="clipxai fp32 worker stopped"):
+        bench.paired(None, {"torch reference": ("torch", "-", 0), "clipxai fp32": ("runtime", "-", 0)}, 2, gap_s=0)

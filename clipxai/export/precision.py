@@ -8,7 +8,8 @@
   pixel agreement 96.1 % at 224 and 95.9 % at 448 against 94.6 % and 95.4 %
   with per-tensor scales, and a graph time within 2 % of per-tensor (224,
   alternating single-session processes). Unsigned weights (u8u8) agreed
-  better (97.7 %) but ran 2.2x slower on AVX2 without VNNI; 7-bit weights
+  better (97.7 %) but ran 2.2x slower (this CPU's VNNI byte dot product,
+  VPDPBUSD, multiplies unsigned by signed bytes, so u8u8 cannot use it); 7-bit weights
   (reduce_range) agreed worse (91.5 %).
 - ``fp16`` (GPU / TensorRT): weights and activations in fp16, except the ops in
   ``FP16_KEEP_FP32`` (LayerNorm, softmax, reductions and the min-max

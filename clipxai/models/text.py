@@ -18,7 +18,7 @@ from clipxai.templates import TEMPLATE_SET, TEMPLATES  # noqa: F401  (re-exporte
 
 
 # CPU matmuls with fewer than 12 rows take another kernel whose rounding differs
-# (seen with torch 2.15 on AVX2). So a cut batch keeps at least MIN_ROWS token
+# (seen with torch 2.15 on this project's AMD EPYC). So a cut batch keeps at least MIN_ROWS token
 # rows for the linear layers, and attention zero-pads each sequence to at least
 # ATTENTION_MIN_LENGTH (padded keys are masked, padded rows dropped).
 MIN_ROWS = 16
