@@ -7,7 +7,9 @@ table. ``python tests/tiny.py ARGS`` runs clipxai-export with it available
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +37,7 @@ TINY_RN_CFG = {
 TINY_RN = BackboneSpec("Tiny-RN", "clipxai-tiny-rn", patch_size=32, image_size=64, arch="resnet")
 
 _cfg_dir = Path(tempfile.mkdtemp(prefix="clipxai-cfg-"))
+atexit.register(shutil.rmtree, _cfg_dir, True)  # every test process made one and left it behind
 for _spec, _cfg in ((TINY, TINY_CFG), (TINY_RN, TINY_RN_CFG)):
     (_cfg_dir / f"{_spec.open_clip_name}.json").write_text(json.dumps(_cfg))
     open_clip.add_model_config(_cfg_dir / f"{_spec.open_clip_name}.json")
