@@ -19,7 +19,12 @@ Then, with --pairs N, every pipeline is loaded once more into a long-lived
 worker and the parent asks them in turn, in a shuffled order with a pause
 between calls, for one batch-1 prediction each, N times: the ratio of every
 set is taken between predictions seconds apart, so it is much less sensitive
-to the slow spells of a shared machine than the per-round ratios.
+to the slow spells of a shared machine than the per-round ratios. Paired mode
+also runs the reference a second time with glibc told to keep freed memory
+(KEEP_MEMORY): by default PyTorch frees and re-allocates its large buffers
+every call and faults them in again, which costs more the longer the pause
+between calls on a VM that hands free memory back to its host (this one
+does). Every worker counts its minor page faults per call.
 The run also measures this machine's fp32 ceiling (onnxruntime MatMul,
 2048x2048x2048) and counts the model's FLOPs analytically, so it can print
 the achieved GFLOP/s as a fraction of the ceiling.
@@ -46,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ROCKET = ROOT / "examples" / "rocket.jpg"
 CLASSES = "rocket,sky,smoke,tree,ground"
 BATCHES = (1, 4)
+KEPT = "torch reference, memory kept"
 
 
 def median_ms(fn, runs):
@@ -55,6 +61,19 @@ def median_ms(fn, runs):
         fn()
         times.append((time.perf_counter() - t) * 1000)
     return statistics.median(times)
+
+
+def minor_faults():
+    """Minor page faults of this process so far: memory touched for the first time since the system
+    gave it (a pipeline that frees and re-allocates its buffers every call pays these every call)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed_with_faults(fn, runs):
+    """(median ms, minor page faults per call) over ``runs`` calls."""
+    before = minor_faults()
+    ms = median_ms(fn, runs)
+    return ms, (minor_faults() - before) / runs
 
 
 def peak_rss_mb():
@@ -122,13 +141,13 @@ def fp32_ceiling_gflops(threads, n=2048, runs=7):
 # ---------------------------------------------------------------- workers
 
 def serve(predict):
-    """Paired mode: time one ``predict()`` per line read from stdin, print its ms; stop at EOF."""
+    """Paired mode: time one ``predict()`` per line read from stdin, print "ms minor-faults"; stop at EOF."""
     predict()
     print("ready", flush=True)
     for _ in sys.stdin:
-        t0 = time.perf_counter()
+        f0, t0 = minor_faults(), time.perf_counter()
         predict()
-        print(f"{(time.perf_counter() - t0) * 1e3:.3f}", flush=True)
+        print(f"{(time.perf_counter() - t0) * 1e3:.3f} {minor_faults() - f0}", flush=True)
 
 
 def worker_runtime(a):
@@ -154,7 +173,7 @@ def worker_runtime(a):
     out["infer_ms"] = median_ms(lambda: p.session.run(None, {"image": x}), a.runs)
     maps = p.session.run(None, {"image": x})[2][0]
     out["post_ms"] = median_ms(lambda: resize_bilinear(maps, 427, 640), a.runs)
-    out["total_ms_b1"] = median_ms(lambda: p.predict(ROCKET).heatmaps, a.runs)
+    out["total_ms_b1"], out["faults_b1"] = timed_with_faults(lambda: p.predict(ROCKET).heatmaps, a.runs)
     out["peak_rss_b1_mb"] = peak_rss_mb()
     x4 = x.repeat(4, 0)
     out["infer_ms_b4"] = median_ms(lambda: p.session.run(None, {"image": x4}), a.runs)
@@ -208,7 +227,8 @@ def worker_torch(a):
     x = pre()
     sim = infer(x)
     out.update(pre_ms=median_ms(pre, a.runs), infer_ms=median_ms(lambda: infer(x), a.runs),
-               post_ms=median_ms(lambda: post(sim), a.runs), total_ms_b1=median_ms(pipeline, a.runs))
+               post_ms=median_ms(lambda: post(sim), a.runs))
+    out["total_ms_b1"], out["faults_b1"] = timed_with_faults(pipeline, a.runs)
     out["peak_rss_b1_mb"] = peak_rss_mb()
     x4 = x.repeat(4, 1, 1, 1)
     out["infer_ms_b4"] = median_ms(lambda: infer(x4), a.runs)
@@ -222,8 +242,15 @@ def worker_command(kind, a, bundle, size, extra=()):
            "--providers", a.providers, *extra]
 
 
-def worker_env(a):
-    return dict(os.environ, OMP_NUM_THREADS=str(a.threads), CLIPXAI_CACHE_DIR=a.cache_dir)
+def worker_env(a, extra=None):
+    return dict(os.environ, OMP_NUM_THREADS=str(a.threads), CLIPXAI_CACHE_DIR=a.cache_dir, **(extra or {}))
+
+
+# glibc settings under which a process never gives freed memory back to the system (no mmap'ed
+# blocks, no heap trimming): the reference then re-uses its buffers instead of faulting them in
+# again every call. Paired mode runs the reference both ways to show what that costs it here.
+KEEP_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736",
+               "MALLOC_TOP_PAD_": "0"}
 
 
 def run_worker(kind, a, bundle, size, extra=()):
@@ -234,12 +261,13 @@ def run_worker(kind, a, bundle, size, extra=()):
     return out
 
 
-def _is_number(line):
+def _timing(line):
+    """A serving worker's answer "ms faults" as (ms, faults), or None for any other line."""
+    parts = line.split()
     try:
-        float(line)
-        return True
+        return (float(parts[0]), int(parts[1])) if len(parts) == 2 else None
     except ValueError:
-        return False
+        return None
 
 
 def _reply(proc, name, wanted):
@@ -253,19 +281,19 @@ def _reply(proc, name, wanted):
 def paired(a, workers, pairs, gap_s=0.3):
     """Batch-1 predictions taken in turn from long-lived workers.
 
-    ``workers``: {name: (kind, bundle, size)}, the reference first. Each set
+    ``workers``: {name: (kind, bundle, size, extra environment or None)}. Each set
     asks every worker for one prediction, in a shuffled order, with ``gap_s``
     between calls (so spinning threads of the last one have gone to sleep).
-    Returns {name: (median ms, [ratio of the reference's time to this one's, per set])}.
+    Returns {name: {"ms": [ms per set], "faults": [minor page faults per set]}}.
     """
     import random
     procs = {}
     try:
-        for name, (kind, bundle, size) in workers.items():
+        for name, (kind, bundle, size, extra_env) in workers.items():
             procs[name] = subprocess.Popen(worker_command(kind, a, bundle, size, ["--serve"]), stdin=subprocess.PIPE,
-                                           stdout=subprocess.PIPE, text=True, env=worker_env(a))
+                                           stdout=subprocess.PIPE, text=True, env=worker_env(a, extra_env))
             _reply(procs[name], name, lambda line: line == "ready")
-        order, times = list(procs), {name: [] for name in procs}
+        order, sets = list(procs), {name: {"ms": [], "faults": []} for name in procs}
         shuffle = random.Random(0).shuffle
         for _ in range(pairs):
             shuffle(order)
@@ -273,14 +301,26 @@ def paired(a, workers, pairs, gap_s=0.3):
                 time.sleep(gap_s)
                 procs[name].stdin.write("run\n")
                 procs[name].stdin.flush()
-                times[name].append(float(_reply(procs[name], name, _is_number)))
+                ms, faults = _timing(_reply(procs[name], name, lambda line: _timing(line) is not None))
+                sets[name]["ms"].append(ms)
+                sets[name]["faults"].append(faults)
     finally:
         for proc in procs.values():
             if proc.stdin:
                 proc.stdin.close()
             proc.wait()
-    ref = times[next(iter(workers))]
-    return {name: (statistics.median(t), [r / x for r, x in zip(ref, t)]) for name, t in times.items()}
+    return sets
+
+
+def set_ratios(sets, ref, name):
+    """The ratio of ``ref``'s time to ``name``'s, set by set (> 1: ``name`` is faster)."""
+    return [r / x for r, x in zip(sets[ref]["ms"], sets[name]["ms"])]
+
+
+def spread(ratios):
+    """"median× (quartiles; min–max)" of per-set ratios."""
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return f"**{statistics.median(ratios):.2f}×** ({q1:.2f}–{q3:.2f}; {min(ratios):.2f}–{max(ratios):.2f})"
 
 
 # ---------------------------------------------------------------- main
@@ -429,8 +469,10 @@ def main():
             sets = {}
             if a.pairs:
                 print(f"{a.pairs} paired sets at {size} ...", file=sys.stderr)
-                sets = paired(a, {"torch reference": ("torch", bundles["fp32"], size),
-                                  **{f"clipxai {p}": ("runtime", bundles[p], size) for p in precisions}}, a.pairs)
+                sets = paired(a, {"torch reference": ("torch", bundles["fp32"], size, None),
+                                  KEPT: ("torch", bundles["fp32"], size, KEEP_MEMORY),
+                                  **{f"clipxai {p}": ("runtime", bundles[p], size, None) for p in precisions}},
+                              a.pairs)
             results.append((size, gflop, rows, sets))
         ceilings.append(run_worker("ceiling", a, "-", 0)["gflops"])  # again at the end: the machine may drift
     finally:  # what this run created in the temp folder (graph caches ~2x, bundles ~1x the model each)
@@ -463,32 +505,33 @@ def main():
                       f"{'—' if name == 'torch reference' else f'**{ratio:.2f}×** ({low:.2f}–{high:.2f})'} |")
     print("\nbatch 1 in parts, memory and cold start (import / load / first image; first ever = with an empty "
           "graph cache, which a background process then fills)\n")
-    print("| size | pipeline | pre ms | graph ms | post ms | peak RSS b1 MB | peak RSS b4 MB | bundle MB | "
-          "RSS budget 1.5×bundle+150 | cold s | first ever s | first ever RSS MB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| size | pipeline | pre ms | graph ms | post ms | page faults / call | peak RSS b1 MB | peak RSS b4 MB | "
+          "bundle MB | RSS budget 1.5×bundle+150 | cold s | first ever s | first ever RSS MB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size, _, rows, _ in results:
         for name, d in rows.items():
             cold = d["cold_import_s"] + d["cold_load_s"] + d["cold_first_s"]
             budget = f"{1.5 * d['bundle_mb'] + 150:.0f}" if "bundle_mb" in d else "—"
             print(f"| {size} | {name} | {d['pre_ms']:.1f} | {d['infer_ms']:.1f} | {d['post_ms']:.1f} | "
-                  f"{d['peak_rss_b1_mb']:.0f} | {d['peak_rss_mb']:.0f} | "
+                  f"{d['faults_b1']:.0f} | {d['peak_rss_b1_mb']:.0f} | {d['peak_rss_mb']:.0f} | "
                   f"{d.get('bundle_mb', 0):.0f} | {budget} | {cold:.2f} "
                   f"({d['cold_import_s']:.2f}/{d['cold_load_s']:.2f}/{d['cold_first_s']:.2f}) | "
                   f"{d.get('cold_first_ever_s', float('nan')):.2f} | {d.get('first_ever_rss_mb', float('nan')):.0f} |")
 
     if a.pairs:
         print(f"\npaired, batch 1 (image -> heatmaps): {a.pairs} sets, each one prediction per pipeline from "
-              "long-lived workers in a shuffled order, 0.3 s apart; the ratio is taken within each set\n")
-        print("| size | pipeline | median ms | speed vs reference: median of sets (quartiles; min–max) |")
-        print("|---|---|---:|---:|")
+              "long-lived workers in a shuffled order, 0.3 s apart; the ratio is taken within each set; "
+              f"\"{KEPT}\" is the same reference run with glibc told never to give freed memory back "
+              f"({' '.join(f'{k}={v}' for k, v in KEEP_MEMORY.items())})\n")
+        print(f"| size | pipeline | median ms | page faults / call | speed vs reference: median of sets "
+              f"(quartiles; min–max) | speed vs {KEPT} |")
+        print("|---|---|---:|---:|---:|---:|")
         for size, _, _, sets in results:
-            for name, (ms, ratios) in sets.items():
-                if name == "torch reference":
-                    print(f"| {size} | {name} | {ms:.1f} | — |")
-                    continue
-                q1, q2, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-                print(f"| {size} | {name} | {ms:.1f} | **{statistics.median(ratios):.2f}×** "
-                      f"({q1:.2f}–{q3:.2f}; {min(ratios):.2f}–{max(ratios):.2f}) |")
+            for name, d in sets.items():
+                vs = [spread(set_ratios(sets, ref, name)) if ref != name else "—"
+                      for ref in ("torch reference", KEPT)]
+                print(f"| {size} | {name} | {statistics.median(d['ms']):.1f} | "
+                      f"{statistics.median(d['faults']):.0f} | {vs[0]} | {vs[1]} |")
 
 
 if __name__ == "__main__":

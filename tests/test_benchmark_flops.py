@@ -80,26 +80,54 @@ for _ in sys.stdin:
     t0 = time.perf_counter()
     time.sleep(delay)
     print("noise line", flush=True)
-    print(f"{{(time.perf_counter() - t0) * 1e3:.3f}}", flush=True)
+    print(f"{{(time.perf_counter() - t0) * 1e3:.3f}} {{int(delay * 1000)}}", flush=True)
 """
 
 
 def test_paired_mode_takes_ratios_within_each_set(monkeypatch):
     """Paired mode: long-lived workers answer one prediction per request; the ratio is the reference's time
-    over each pipeline's, set by set (fake workers that sleep 60 and 20 ms: ratio ~3)."""
+    over each pipeline's, set by set (fake workers that sleep 60 and 20 ms: ratio ~3). Each worker gets
+    its own extra environment (the memory-kept reference)."""
     import sys
     bench = _benchmark_module()
     delays = {"torch": 0.06, "runtime": 0.02}
+    envs = []
     monkeypatch.setattr(bench, "worker_command",
                         lambda kind, a, bundle, size, extra=(): [sys.executable, "-c", FAKE_WORKER.format(delay=delays[kind])])
-    monkeypatch.setattr(bench, "worker_env", lambda a: None)
-    out = bench.paired(None, {"torch reference": ("torch", "-", 0), "clipxai fp32": ("runtime", "-", 0)}, 4, gap_s=0)
-    ref_ms, ref_ratios = out["torch reference"]
-    ms, ratios = out["clipxai fp32"]
-    assert len(ratios) == 4 and ref_ratios == [1.0] * 4
-    assert 55 < ref_ms < 120 and 18 < ms < 60
-    assert all(1.5 < r < 3.5 for r in ratios)
+    monkeypatch.setattr(bench, "worker_env", lambda a, extra=None: envs.append(extra))
+    workers = {"torch reference": ("torch", "-", 0, None), "clipxai fp32": ("runtime", "-", 0, {"X": "1"})}
+    sets = bench.paired(None, workers, 4, gap_s=0)
+    assert envs == [None, {"X": "1"}]
+    assert sets["torch reference"]["faults"] == [60] * 4 and sets["clipxai fp32"]["faults"] == [20] * 4
+    ref_ms, ms = sets["torch reference"]["ms"], sets["clipxai fp32"]["ms"]
+    assert len(ms) == 4 and all(55 < t < 120 for t in ref_ms) and all(18 < t < 60 for t in ms)
+    ratios = bench.set_ratios(sets, "torch reference", "clipxai fp32")
+    assert ratios == [r / x for r, x in zip(ref_ms, ms)] and all(1.5 < r < 3.5 for r in ratios)
+    assert bench.spread([1.0, 2.0, 3.0, 4.0, 5.0]).startswith("**3.00×** (") and "1.00–5.00" in bench.spread([1.0, 5.0])
 
     delays["runtime"] = -1  # a worker that dies before it is ready: a clear exit, no hang
     with pytest.raises(SystemExit, match="clipxai fp32 worker stopped"):
-        bench.paired(None, {"torch reference": ("torch", "-", 0), "clipxai fp32": ("runtime", "-", 0)}, 2, gap_s=0)
+        bench.paired(None, workers, 2, gap_s=0)
+
+
+def test_page_faults_per_call_tell_fresh_buffers_from_reused_ones():
+    """The benchmark's fault count: a call that maps, fills and unmaps a 32 MB buffer (as glibc does
+    for large blocks) faults its pages in every time; one that refills a kept buffer does not."""
+    import mmap
+    bench = _benchmark_module()
+    size = 32 << 20
+    ones = b"\1" * size
+    kept = memoryview(bytearray(size))  # slice assignment into a memoryview writes in place
+
+    def fresh():
+        with mmap.mmap(-1, size) as m:
+            m.write(ones)
+
+    def reuse():
+        kept[:] = ones
+
+    reuse()
+    _, fresh_faults = bench.timed_with_faults(fresh, 3)
+    _, reused_faults = bench.timed_with_faults(reuse, 3)
+    assert fresh_faults > 4000 and reused_faults < 100, (fresh_faults, reused_faults)  # 8192 4-KB pages
+    assert bench.KEEP_MEMORY["MALLOC_TRIM_THRESHOLD_"] and bench.KEEP_MEMORY["MALLOC_MMAP_THRESHOLD_"]
