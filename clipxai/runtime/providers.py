@@ -99,6 +99,11 @@ def _session_options(options: SessionOptions) -> ort.SessionOptions:
     so.inter_op_num_threads = 1  # the graph is one chain: no parallel branches to run
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No memory pattern: the arena then hands out and re-uses blocks as the graph runs instead of
+    # one block planned for all activations at once. Measured on the CPU (ViT-B/16 at 448, batch 1):
+    # peak RSS int8 290 -> 238 MB, fp32 469 -> 449 MB, speed unchanged, no page faults per call
+    # either way (the arena keeps its blocks). GPU providers: not measured.
+    so.enable_mem_pattern = False
     return so
 
 
