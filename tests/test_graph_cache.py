@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 
 import numpy as np
@@ -134,14 +135,17 @@ def test_one_builder_per_entry(bundle, tmp_path):
     root = tmp_path / "cache"
     sha = json.loads((bundle / "manifest.json").read_text())["files"]["model.onnx"]["sha256"]
     key = gc.cache_key(sha)
-    held = gc._try_lock(gc._lock_path(root, key))  # another process is filling it
+    lock = gc._lock_path(root, key)
+    assert not gc.building(root, key) and not lock.exists()  # asking creates no file
+    held = gc._try_lock(lock)  # another process is filling it
     assert held is not None and gc.building(root, key)
     assert gc.start_background_build(bundle / "model.onnx", sha, root) is None
     assert gc.build(bundle / "model.onnx", sha, root) is None and gc.lookup(root, key) is None
-    held.close()
-    assert not gc.building(root, key)
+    held.close()  # a builder that crashed: its file stays, unlocked
+    assert lock.exists() and not gc.building(root, key)
     entry = gc.build(bundle / "model.onnx", sha, root)
     assert entry is not None and gc.lookup(root, key) == entry / gc.GRAPH_FILE
+    assert not lock.exists()  # the builder removes its lock file
     assert gc.build(bundle / "model.onnx", sha, root) == entry  # already there: nothing rebuilt
 
 
@@ -207,3 +211,32 @@ def test_sessions_are_created_with_large_blocks_returned_to_the_system(bundle, m
     # 64 MB trim threshold so freed arrays are reused instead of faulted in again.
     assert calls == [(memory.M_MMAP_THRESHOLD, 128 * 1024), (memory.M_MMAP_THRESHOLD, 32 * 1024 * 1024),
                      (memory.M_TRIM_THRESHOLD, 64 * 1024 * 1024)]
+
+
+def test_a_lock_on_a_removed_lock_file_does_not_count(tmp_path, monkeypatch):
+    """A process that opened the lock file just before its holder removed it must not think it holds
+    the lock (two builders at once): ``_try_lock`` locks the file that is at the path now."""
+    import fcntl
+    path = tmp_path / ".entry.lock"
+    first = gc._try_lock(path)
+    assert first is not None and gc._try_lock(path) is None  # held: a second taker gets nothing
+    gc._unlock(path, first)
+    assert not path.exists()
+
+    calls = []
+
+    class HolderFinishesMeanwhile:  # the holder removes the file between our open and our flock
+        LOCK_EX, LOCK_NB = fcntl.LOCK_EX, fcntl.LOCK_NB
+
+        @staticmethod
+        def flock(f, op):
+            calls.append(op)
+            if len(calls) == 1:
+                path.unlink()
+            fcntl.flock(f, op)
+
+    monkeypatch.setattr(gc, "fcntl", HolderFinishesMeanwhile)
+    got = gc._try_lock(path)
+    assert len(calls) == 2  # the first lock was on a removed file: dropped, and the new file locked
+    assert got is not None and os.fstat(got.fileno()).st_ino == os.stat(path).st_ino
+    gc._unlock(path, got)

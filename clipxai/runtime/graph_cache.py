@@ -198,27 +198,51 @@ def _lock_path(root: Path, key: dict) -> Path:
 
 
 def _try_lock(path: Path):
-    """An exclusive, non-blocking lock on ``path`` (an open file), or None if another process holds it."""
+    """An exclusive, non-blocking lock on ``path`` (an open file), or None if another process holds it.
+
+    The holder removes the file when it is done (``_unlock``), so no empty lock files pile up. A
+    process that opened the file just before its holder removed it would lock a file nobody else
+    sees any more: so a lock counts only while ``path`` is still the very file that was locked.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a")
+    while True:
+        f = open(path, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            return None
+        try:
+            current = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return f
+        f.close()  # removed or replaced meanwhile: lock the file that is there now
+
+
+def _unlock(path: Path, f) -> None:
+    """Release a lock from ``_try_lock`` and remove its file (still holding it, so no one else has it)."""
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        return None
-    return f
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    f.close()
 
 
 def building(root: Path, key: dict) -> bool:
-    """Whether some process is filling this entry right now."""
+    """Whether some process is filling this entry right now (creates no file)."""
     try:
-        f = _try_lock(_lock_path(root, key))
-    except OSError:
+        f = open(_lock_path(root, key))
+    except OSError:  # no lock file: nobody is at it
         return False
-    if f is None:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         return True
-    f.close()
-    return False
+    finally:
+        f.close()
+    return False  # a file left by a builder that crashed
 
 
 def build(model_path: Path, model_sha256: str, root: Path, threads: int = 1) -> Path | None:
@@ -231,10 +255,14 @@ def build(model_path: Path, model_sha256: str, root: Path, threads: int = 1) -> 
     found = lookup(root, key)
     if found is not None:
         return found.parent
-    lock = _try_lock(_lock_path(root, key))
+    lock_path = _lock_path(root, key)
+    lock = _try_lock(lock_path)
     if lock is None:  # another process is at it
         return None
     try:
+        found = lookup(root, key)  # filled by a builder that finished while we were getting here
+        if found is not None:
+            return found.parent
         digest = hashlib.sha256()
         with open(model_path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -250,7 +278,7 @@ def build(model_path: Path, model_sha256: str, root: Path, threads: int = 1) -> 
             raise
         return commit(staging, root, key, {"attention_fused": fused})
     finally:
-        lock.close()
+        _unlock(lock_path, lock)
 
 
 def _cpu_session(source: Path, threads: int, staging: Path | None = None) -> ort.InferenceSession:
