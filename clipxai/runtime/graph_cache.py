@@ -55,6 +55,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from clipxai.runtime.memory import large_blocks_returned
+
 try:  # POSIX; elsewhere the background mode falls back to "sync" (background_supported)
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -288,7 +290,8 @@ def _cpu_session(source: Path, threads: int, staging: Path | None = None) -> ort
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if staging is not None:
         saving_options(so, staging)
-    return ort.InferenceSession(str(source), so, providers=["CPUExecutionProvider"])
+    with large_blocks_returned():  # memory.py: the weights freed while loading go back to the system
+        return ort.InferenceSession(str(source), so, providers=["CPUExecutionProvider"])
 
 
 def _save_optimized(model_path: Path, staging: Path, threads: int) -> int:
@@ -318,26 +321,30 @@ def _fuse(model_path: Path, staging: Path) -> tuple[Path, int]:
     """The graph to optimize: the bundle's with attention fused, written into ``staging``
     (path, blocks fused), or the bundle's own (model_path, 0) when nothing matched."""
     try:
-        import onnx
         from clipxai.runtime.attention_fusion import fuse_attention
+        from clipxai.runtime.onnx_light import light_copy
     except ImportError:  # an optional dependency (clipxai[fusion]): without it the cache is unfused
         log.info("caching the graph without attention fusion (install onnx, or clipxai[fusion], to fuse it)")
         return model_path, 0
-    model = onnx.load(str(model_path))
-    if any(n.op_type in QUANTIZED_OPS for n in model.graph.node):
-        # Measured on an int8 ViT-B/16 at 448: fusing moved the heatmaps by 0.034, because the
-        # activations are quantized per call and float rounding flips quantization steps.
-        log.info("int8 graph: caching it without attention fusion")
-        return model_path, 0
+    data = staging / (FUSED_FILE + ".data")
     try:
-        fused = fuse_attention(model)
+        # The graph with its weights moved to ``data`` by the kernel: onnx.load would hold the
+        # file and its parsed weights at once (754 MiB for the 359 MB ViT-B/16 bundle).
+        model = light_copy(model_path, data)
+        if any(n.op_type in QUANTIZED_OPS for n in model.graph.node):
+            # Measured on an int8 ViT-B/16 at 448: fusing moved the heatmaps by 0.034, because the
+            # activations are quantized per call and float rounding flips quantization steps.
+            log.info("int8 graph: caching it without attention fusion")
+            fused = 0
+        else:
+            fused = fuse_attention(model)
     except Exception as e:  # noqa: BLE001 - an optimization: never a reason to fail the cache
         log.warning("attention fusion failed on %s (%s); caching the unfused graph", model_path, e)
-        return model_path, 0
+        fused = 0
     if not fused:
+        data.unlink(missing_ok=True)
         return model_path, 0
-    onnx.save_model(model, str(staging / FUSED_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=FUSED_FILE + ".data", size_threshold=1024)
+    (staging / FUSED_FILE).write_bytes(model.SerializeToString())
     return staging / FUSED_FILE, fused
 
 
