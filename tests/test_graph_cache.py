@@ -240,3 +240,22 @@ def test_a_lock_on_a_removed_lock_file_does_not_count(tmp_path, monkeypatch):
     assert len(calls) == 2  # the first lock was on a removed file: dropped, and the new file locked
     assert got is not None and os.fstat(got.fileno()).st_ino == os.stat(path).st_ino
     gc._unlock(path, got)
+
+
+def test_a_builder_waits_out_a_process_that_only_asks(bundle, tmp_path):
+    """``building()`` takes the lock for a moment to ask; a builder trying at that moment must
+    not give up (it did: the entry stayed empty until the next load)."""
+    import fcntl
+    import threading
+    import time
+    root = tmp_path / "cache"
+    sha = json.loads((bundle / "manifest.json").read_text())["files"]["model.onnx"]["sha256"]
+    lock = gc._lock_path(root, gc.cache_key(sha))
+    lock.parent.mkdir(parents=True)
+    asker = open(lock, "a")  # another open file: flock conflicts with it even inside this process
+    fcntl.flock(asker, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    threading.Timer(0.1, asker.close).start()  # the asker lets go after 0.1 s (a real one: microseconds)
+    t = time.monotonic()
+    entry = gc.build(bundle / "model.onnx", sha, root)
+    assert entry is not None and gc.lookup(root, gc.cache_key(sha)) == entry / gc.GRAPH_FILE
+    assert time.monotonic() - t >= 0.1  # it did wait for the lock
