@@ -131,3 +131,23 @@ def test_page_faults_per_call_tell_fresh_buffers_from_reused_ones():
     _, reused_faults = bench.timed_with_faults(reuse, 3)
     assert fresh_faults > 4000 and reused_faults < 100, (fresh_faults, reused_faults)  # 8192 4-KB pages
     assert bench.KEEP_MEMORY["MALLOC_TRIM_THRESHOLD_"] and bench.KEEP_MEMORY["MALLOC_MMAP_THRESHOLD_"]
+
+
+def test_first_ever_load_reports_its_cache_builders_peak_memory(tmp_path):
+    """The benchmark's first-ever load (empty graph cache) waits for the builder it started and
+    reports that process's peak RSS, which is not in the app's own peak."""
+    import argparse
+    import json
+    import subprocess
+    bench = _benchmark_module()
+    bundle = export_bundle(ExportConfig(output=tmp_path / "b", classes=["a", "b"], backbone=TINY.name,
+                                        pretrained="random", image_size=48)).path
+    a = argparse.Namespace(runs=1, threads=1, backbone=TINY.name, pretrained="random", providers="cpu",
+                           cache_dir=str(tmp_path / "cache"))
+    env = dict(bench.worker_env(a), CLIPXAI_GRAPH_CACHE="background")
+    r = subprocess.run(bench.worker_command("runtime", a, bundle, 48, ["--cold-only"]), capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert 30 < out["builder_rss_mb"] < 2000 and 30 < out["peak_rss_mb"] < 2000
+    assert len([p for p in (tmp_path / "cache" / "graphs").iterdir() if not p.name.startswith(".")]) == 1

@@ -396,6 +396,11 @@ def start_background_build(model_path: Path, model_sha256: str, root: Path) -> s
     return proc
 
 
+def started_builds() -> int:
+    """How many background builds this process has started."""
+    return len(_builders)
+
+
 def wait_for_builds(timeout: float | None = None) -> bool:
     """Wait for the background builds this process started; True if all have ended."""
     deadline = None if timeout is None else time.monotonic() + timeout
