@@ -15,7 +15,7 @@ constants, inputs, metadata) is kept byte for byte. The copy sits next to the
 data file, so a model saved into the same directory loads in onnxruntime with
 the same weights, bit for bit (tested).
 
-Only the fields this needs are decoded: ModelProto.graph (7),
+Only the fields this needs are decoded (protobuf_wire.py): ModelProto.graph (7),
 GraphProto.initializer (5), TensorProto.raw_data (9) and data_location (14).
 Needs the ``onnx`` package (``clipxai[fusion]``). Torch-free.
 """
@@ -28,83 +28,14 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
+from clipxai.runtime.protobuf_wire import LEN, VARINT, FileReader, fields, len_field, varint
+
 MODEL_GRAPH = 7
 GRAPH_INITIALIZER = 5
 TENSOR_RAW_DATA = 9
 TENSOR_DATA_LOCATION = 14
 EXTERNAL = 1  # TensorProto.DataLocation: the data lies in a file next to the model
-LEN = 2  # wire type of a length-delimited field
 ALIGN = 4096  # offsets in the data file: page-aligned, so onnxruntime may map them
-
-
-def _varint(buf, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def _fields(buf, start: int, end: int):
-    """Each field of the message in buf[start:end]: (number, wire type, value start, value end, field start)."""
-    pos = start
-    while pos < end:
-        begin = pos
-        tag, pos = _varint(buf, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            _, stop = _varint(buf, pos)
-        elif wire == 1:
-            stop = pos + 8
-        elif wire == LEN:
-            size, pos = _varint(buf, pos)
-            stop = pos + size
-        elif wire == 5:
-            stop = pos + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire} at byte {begin}")
-        if stop > end:
-            raise ValueError(f"truncated protobuf field at byte {begin}")
-        yield number, wire, pos, stop, begin
-        pos = stop
-
-
-def _len_field(number: int, payload: bytes) -> bytes:
-    return _encode_varint(number << 3 | LEN) + _encode_varint(len(payload)) + payload
-
-
-class _Reader:
-    """Random access to a file's bytes by index and slice, read with ``os.pread`` through a
-    small window: unlike a memory map, pages next to the ones read never count as ours."""
-
-    WINDOW = 1 << 14
-
-    def __init__(self, fd: int):
-        self.fd, self.start, self.window = fd, 0, b""
-
-    def __getitem__(self, key):
-        if isinstance(key, slice):
-            return os.pread(self.fd, key.stop - key.start, key.start)
-        if not self.start <= key < self.start + len(self.window):
-            self.start, self.window = key, os.pread(self.fd, self.WINDOW, key)
-            if not self.window:
-                raise ValueError(f"truncated protobuf: no byte {key}")
-        return self.window[key - self.start]
 
 
 class _DataWriter:
@@ -146,8 +77,8 @@ def _copy_range(src: int, dst: int, count: int, offset: int) -> int:
 def _light_tensor(buf, start: int, end: int, data: _DataWriter, min_bytes: int) -> bytes | None:
     """The TensorProto in buf[start:end] with its raw data moved to ``data``, or None to keep it."""
     raw, kept = None, []
-    for number, wire, vstart, vstop, begin in _fields(buf, start, end):
-        if number == TENSOR_DATA_LOCATION and wire == 0 and _varint(buf, vstart)[0] == EXTERNAL:
+    for number, wire, vstart, vstop, begin in fields(buf, start, end):
+        if number == TENSOR_DATA_LOCATION and wire == VARINT and varint(buf, vstart)[0] == EXTERNAL:
             raise ValueError("the model already keeps tensors in external data files; "
                              "light_copy reads single-file models only")
         if number == TENSOR_RAW_DATA and wire == LEN:
@@ -177,13 +108,13 @@ def light_copy(src: str | Path, data_path: str | Path, min_bytes: int = 1024) ->
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise ValueError(f"{src} is empty")
-        buf = _Reader(f.fileno())
+        buf = FileReader(f.fileno())
         data = _DataWriter(f.fileno(), data_path)
         try:
             parts = []
-            for number, wire, vstart, vstop, begin in _fields(buf, 0, size):
+            for number, wire, vstart, vstop, begin in fields(buf, 0, size):
                 if number == MODEL_GRAPH and wire == LEN:
-                    parts.append(_len_field(MODEL_GRAPH, _light_graph(buf, vstart, vstop, data, min_bytes)))
+                    parts.append(len_field(MODEL_GRAPH, _light_graph(buf, vstart, vstop, data, min_bytes)))
                 else:
                     parts.append(buf[begin:vstop])
             model = onnx.ModelProto.FromString(b"".join(parts))
@@ -199,9 +130,9 @@ def light_copy(src: str | Path, data_path: str | Path, min_bytes: int = 1024) ->
 
 def _light_graph(buf, start: int, end: int, data: _DataWriter, min_bytes: int) -> bytes:
     parts = []
-    for number, wire, vstart, vstop, begin in _fields(buf, start, end):
+    for number, wire, vstart, vstop, begin in fields(buf, start, end):
         light = None
         if number == GRAPH_INITIALIZER and wire == LEN:
             light = _light_tensor(buf, vstart, vstop, data, min_bytes)
-        parts.append(buf[begin:vstop] if light is None else _len_field(GRAPH_INITIALIZER, light))
+        parts.append(buf[begin:vstop] if light is None else len_field(GRAPH_INITIALIZER, light))
     return b"".join(parts)

@@ -10,11 +10,12 @@ the weights included, is skipped by length without being decoded.
 
 from __future__ import annotations
 
-import mmap
+import os
 from pathlib import Path
 from typing import NamedTuple
 
 from clipxai.errors import BundleError
+from clipxai.runtime.protobuf_wire import LEN, FileReader, fields
 
 
 class Node(NamedTuple):
@@ -22,73 +23,28 @@ class Node(NamedTuple):
     op_type: str
 
 
-def _varint(buf, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _fields(buf, start: int, end: int):
-    """Yield (field number, wire type, value or (start, end) for length-delimited)."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-            yield field, wire, value
-        elif wire == 1:
-            pos += 8
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            if pos + length > end:
-                raise ValueError("length-delimited field runs past its message")
-            yield field, wire, (pos, pos + length)
-            pos += length
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-    if pos != end:
-        raise ValueError("message ends inside a field")
-
-
 def read_nodes(path: str | Path) -> list[Node]:
     """The top-level graph's nodes, in file order, as (name, op_type)."""
     path = Path(path)
     try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            buf = memoryview(mm)
-            try:
-                return _read(buf)
-            finally:
-                buf.release()
+        with open(path, "rb") as f:
+            return _read(FileReader(f.fileno()), os.fstat(f.fileno()).st_size)
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise BundleError(f"{path}: not a readable ONNX model ({e}); re-export the bundle")
 
 
-def _read(buf) -> list[Node]:
+def _read(buf, size: int) -> list[Node]:
     nodes: list[Node] = []
-    graphs = [v for f, w, v in _fields(buf, 0, len(buf)) if f == 7 and w == 2]
+    graphs = [(a, b) for number, wire, a, b, _ in fields(buf, 0, size) if number == 7 and wire == LEN]
     if not graphs:
         raise ValueError("no graph in the model")
-    g0, g1 = graphs[-1]
-    for f, w, v in _fields(buf, g0, g1):
-        if f == 1 and w == 2:
+    for number, wire, a, b, _ in fields(buf, *graphs[-1]):
+        if number == 1 and wire == LEN:
             name = op = ""
-            for nf, nw, nv in _fields(buf, *v):
-                if nw == 2 and nf in (3, 4):
-                    text = bytes(buf[nv[0]:nv[1]]).decode("utf-8")
-                    if nf == 3:
+            for nnum, nwire, na, nb, _ in fields(buf, a, b):
+                if nwire == LEN and nnum in (3, 4):
+                    text = buf[na:nb].decode("utf-8")
+                    if nnum == 3:
                         name = text
                     else:
                         op = text
