@@ -390,7 +390,7 @@ def export(a, bundle, size, precision):
     print(f"exporting {bundle} ...", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "clipxai.export.cli", "--backbone", a.backbone, "--pretrained",
                     a.pretrained, "--classes", CLASSES, "--image-size", str(size), "--precision", precision,
-                    "--output", str(bundle), "--force"], check=True, stdout=subprocess.DEVNULL)
+                    "--output", str(bundle), "--overwrite"], check=True, stdout=subprocess.DEVNULL)
 
 
 def bundle_mb(bundle):

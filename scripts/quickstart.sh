@@ -18,7 +18,7 @@ CLASSES="rocket,sky,smoke,tree,ground,building"
 OUT="quickstart"
 status=0
 "$VENV/bin/clipxai-export" --backbone ViT-B/16 --pretrained "$WEIGHTS" --classes "$CLASSES" \
-    --output "$OUT/vitb16-224" --force || status=$?
+    --output "$OUT/vitb16-224" --overwrite || status=$?
 if [ "$status" -eq 3 ]; then
     echo
     echo "The $WEIGHTS weights could not be downloaded (no network?). To use real weights, download"
@@ -26,7 +26,7 @@ if [ "$status" -eq 3 ]; then
     echo "Running the whole pipeline now with RANDOM weights: the pictures show the mechanics, not real maps."
     echo
     "$VENV/bin/clipxai-export" --backbone ViT-B/16 --pretrained random --classes "$CLASSES" \
-        --output "$OUT/vitb16-224" --force
+        --output "$OUT/vitb16-224" --overwrite
 elif [ "$status" -ne 0 ]; then
     exit "$status"
 fi

@@ -91,14 +91,18 @@ def test_classes_options(tmp_path):
     assert read_manifest(tmp_path / "o")["classes"] == ["person", "traffic light", "café"]
 
 
-def test_existing_output_needs_force(tmp_path):
+def test_existing_output_needs_overwrite(tmp_path):
     out = tmp_path / "b"
     assert invoke(*tiny_args(out)).exit_code == 0
     digest = read_manifest(out)["files"]["text_embeddings.npy"]["sha256"]
     r = invoke(*tiny_args(out, classes="a,b"))
-    assert_user_error(r, "already exists; pass --force")
+    assert_user_error(r, "already exists; pass --overwrite")
     assert read_manifest(out)["files"]["text_embeddings.npy"]["sha256"] == digest
+    # --force only accepts a graph that fails the fidelity gate; it does not replace a bundle
     r = invoke(*tiny_args(out, "--force", classes="a,b"))
+    assert_user_error(r, "already exists; pass --overwrite")
+    assert read_manifest(out)["files"]["text_embeddings.npy"]["sha256"] == digest
+    r = invoke(*tiny_args(out, "--overwrite", classes="a,b"))
     assert r.exit_code == 0, r.output
     assert read_manifest(out)["classes"] == ["a", "b"]
     assert not leftovers(tmp_path)

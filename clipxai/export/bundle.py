@@ -23,11 +23,11 @@ from clipxai.errors import ClipxaiError
 _STAGING_TAG = ".clipxai-partial-"
 
 
-def check_output(output: Path, force: bool) -> None:
-    """Refuse an existing output unless force; refuse a non-directory in the way."""
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse an existing output unless overwrite; refuse a non-directory in the way."""
     if output.exists() or output.is_symlink():
-        if not force:
-            raise ClipxaiError(f"output {str(output)!r} already exists; pass --force to replace it")
+        if not overwrite:
+            raise ClipxaiError(f"output {str(output)!r} already exists; pass --overwrite to replace it")
         if not output.is_dir():
             raise ClipxaiError(f"output {str(output)!r} exists and is not a directory; remove it or choose another path")
     parent = output.parent if str(output.parent) else Path(".")
@@ -73,14 +73,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def staged_bundle(output: str | Path, force: bool = False) -> Iterator[Path]:
+def staged_bundle(output: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging directory; on normal exit it becomes ``output``.
 
     The caller writes every file, then ``finalize_manifest``. Anything raised
     inside the block (including KeyboardInterrupt) removes the staging directory.
     """
     output = Path(output)
-    check_output(output, force)
+    check_output(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(output)
     staging = output.parent / f".{output.name}{_STAGING_TAG}{os.getpid()}-{os.urandom(3).hex()}"

@@ -56,8 +56,9 @@ def _human(n: int) -> str:
 @click.option("--fidelity-images", type=click.Path(exists=True, file_okay=False), default=None,
               help="Directory of your own images for the int8/fp16 fidelity check [default: synthetic scenes].")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=True), help="Bundle directory to create.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--force", is_flag=True,
-              help="Replace an existing output directory; write an int8/fp16 graph even if it fails the fidelity gate.")
+              help="Write an int8/fp16 graph even if it fails the fidelity gate (the manifest records the failure).")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime-vs-PyTorch check.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Where open_clip keeps downloaded weights.")
@@ -65,7 +66,7 @@ def _human(n: int) -> str:
 @click.option("--text-encoder", is_flag=True,
               help="Also export the text tower and BPE vocabulary, so the device can set any classes.")
 def main(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, precision,
-         fidelity_images, output, force, no_verify, opset, cache_dir, text_batch_size, text_encoder):
+         fidelity_images, output, overwrite, force, no_verify, opset, cache_dir, text_batch_size, text_encoder):
     """Export a CLIP Surgery backbone and a class vocabulary as an ONNX bundle.
 
     Exit status: 0 done, 2 bad input or failed verification, 3 weights could not
@@ -73,7 +74,7 @@ def main(backbone, method, pretrained, classes_text, classes_file, image_size, r
     """
     try:
         result = run(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, precision,
-                     fidelity_images, output, force, no_verify, opset, cache_dir, text_batch_size, text_encoder)
+                     fidelity_images, output, overwrite, force, no_verify, opset, cache_dir, text_batch_size, text_encoder)
     except ClipxaiError as e:
         click.secho(f"error: {e}", fg="red", err=True)
         sys.exit(3 if isinstance(e, WeightsUnavailableError) else 2)
@@ -111,7 +112,7 @@ def _image_files(folder: str) -> list[Path]:
 
 
 def run(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, precision,
-        fidelity_images, output, force, no_verify, opset, cache_dir, text_batch_size, text_encoder=False):
+        fidelity_images, output, overwrite, force, no_verify, opset, cache_dir, text_batch_size, text_encoder=False):
     # Imported here so that `--help` and option errors stay fast and torch-free.
     from clipxai.vocabulary import parse_class_list, read_classes_file
 
@@ -125,8 +126,8 @@ def run(backbone, method, pretrained, classes_text, classes_file, image_size, re
     except ImportError as e:
         raise ClipxaiError(f"the exporter needs the export extra ({e.name} is missing): pip install \"clipxai[export]\"")
     cfg = ExportConfig(output=Path(output), classes=classes, backbone=backbone, method=method, pretrained=pretrained,
-                       image_size=image_size, redundancy=redundancy, force=force, verify=not no_verify,
-                       opset=opset, cache_dir=cache_dir, text_batch_size=text_batch_size, precision=precision,
+                       image_size=image_size, redundancy=redundancy, overwrite=overwrite, force=force,
+                       verify=not no_verify, opset=opset, cache_dir=cache_dir, text_batch_size=text_batch_size, precision=precision,
                        fidelity_images=_image_files(fidelity_images) if fidelity_images else None,
                        text_encoder=text_encoder)
     return export_bundle(cfg, ClickReporter())

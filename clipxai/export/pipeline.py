@@ -50,7 +50,8 @@ class ExportConfig:
     pretrained: str = OPENAI
     image_size: int = 224
     redundancy: str | None = None  # None: "classes" for K > 1, "empty" for K == 1
-    force: bool = False
+    overwrite: bool = False  # replace an existing output directory
+    force: bool = False  # write an int8/fp16 graph that fails the fidelity gate
     verify: bool = True
     opset: int = MIN_OPSET
     cache_dir: str | None = None
@@ -131,7 +132,7 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
             f"--image-size {cfg.image_size} is not a multiple of {spec.name}'s {cell} {spec.patch_size}; "
             f"try {max(spec.patch_size, round(cfg.image_size / spec.patch_size) * spec.patch_size)}"
         )
-    check_output(output, cfg.force)  # fail before the slow part
+    check_output(output, cfg.overwrite)  # fail before the slow part
 
     rep.step(f"loading {spec.name} weights: {cfg.pretrained}")
     loaded = load_clip(choice, cfg.pretrained, cfg.cache_dir)
@@ -157,7 +158,7 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
         vocabulary = None
     grid = graph_model.grid
 
-    with staged_bundle(output, cfg.force) as staging:
+    with staged_bundle(output, cfg.overwrite) as staging:
         rep.step(f"exporting ONNX graph (opset {cfg.opset}, {cfg.image_size}x{cfg.image_size}, grid {grid}x{grid})")
         export_onnx(graph_model, staging / MODEL_FILE, cfg.opset,
                     embed_dim=text.shape[1] if cfg.text_encoder else None)
