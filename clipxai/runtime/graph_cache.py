@@ -295,13 +295,16 @@ def build(model_path: Path, model_sha256: str, root: Path, threads: int = 1) -> 
         _unlock(lock_path, lock)
 
 
-def _cpu_session(source: Path, threads: int, staging: Path | None = None) -> ort.InferenceSession:
+def _cpu_session(source: Path, threads: int, staging: Path | None = None,
+                 prepack: bool = True) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads = threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if staging is not None:
         saving_options(so, staging)
+    if not prepack:  # a session that runs once: packing its GEMM weights costs more than it saves
+        so.add_session_config_entry("session.disable_prepacking", "1")
     with large_blocks_returned():  # memory.py: the weights freed while loading go back to the system
         return ort.InferenceSession(str(source), so, providers=["CPUExecutionProvider"])
 
@@ -315,7 +318,8 @@ def _save_optimized(model_path: Path, staging: Path, threads: int) -> int:
         feeds = probe_feeds(sess)
         got = sess.run(None, feeds)
         del sess
-        want = _cpu_session(model_path, threads).run(None, feeds)
+        # ViT-B/16 at 224: 0.5 s to create without prepacking instead of 0.9 s, same run time
+        want = _cpu_session(model_path, threads, prepack=False).run(None, feeds)
         error = max(float(np.max(np.abs(np.asarray(g, np.float64) - w))) for g, w in zip(got, want))
         if not error <= FUSION_TOLERANCE:
             log.warning("fused attention changed the outputs of %s (max abs difference %.2g > %g); "
