@@ -5,18 +5,28 @@ Both halves import these names; nothing here may import torch.
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
+from clipxai.methods import method_names
 
 # Bundle schema the exporter writes. 2 added methods, precisions and
 # text-encoder bundles (graph inputs text/redundancy); a schema-1 bundle
 # (surgery, fp32, baked vocabulary) is a valid schema-2 bundle and still loads.
-SCHEMA_VERSION = 2
-SUPPORTED_SCHEMAS = (1, 2)
+# 3: the image graph keeps its weights in MODEL_DATA_FILE (ONNX external data) and the manifest
+# says its "kind"; schema-1 and -2 bundles (one graph file) still load.
+SCHEMA_VERSION = 3
+SUPPORTED_SCHEMAS = (1, 2, 3)
+
+# Bundle kinds ("kind" in the manifest; schema 1-2 bundles are "clip").
+KIND_CLIP = "clip"
+
+# Limits a manifest is checked against (larger values are refused, not allocated).
+MAX_IMAGE_SIZE = 2048
+MAX_CLASSES = 32768
+MAX_MANIFEST_BYTES = 16 << 20
 
 # Files of a bundle.
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
+MODEL_DATA_FILE = "model.onnx.data"         # its weights (ONNX external data), schema 3
 TEXT_EMBEDDINGS_FILE = "text_embeddings.npy"
 REDUNDANCY_FILE = "redundancy.npy"
 TEXT_ENCODER_FILE = "text_encoder.onnx"           # bundles exported with --text-encoder
@@ -39,14 +49,14 @@ TEXT_INPUT_EOT = "eot_index"         # int64 [P], position of the end-of-text to
 TEXT_OUTPUT = "embeddings"           # float32 [P, D], NOT normalised
 CONTEXT_LENGTH = 77
 
-# Feature-surgery redundancy modes (DESIGN section 6).
+# Feature-surgery redundancy modes (docs/design.md §6).
 REDUNDANCY_MODES = ("classes", "empty", "none")
 # Graph-only mode of text-encoder bundles: "classes" when K > 1, "empty" when K == 1,
 # chosen inside the graph from the shape of its text input (what an export would pick).
 REDUNDANCY_AUTO = "auto"
 
-# Methods: one bundle format for every training-free method (README "Methods").
-METHODS = ("surgery", "grad-eclip", "vanilla", "maskclip", "sclip", "clearclip", "naclip")
+# Methods: one bundle format for every training-free method (the table: clipxai/methods.py).
+METHODS = method_names()
 
 # Precision of the graph's weights; IO stays float32 in every precision.
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -57,14 +67,3 @@ LOGIT_SCALE = 100.0
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (constant memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()

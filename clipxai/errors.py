@@ -9,6 +9,8 @@ exit non-zero, without a traceback.
 class ClipxaiError(Exception):
     """An error caused by the user's input, with a one-line, actionable message."""
 
+    exit_code = 2  # what a CLI exits with (clipxai.common.cli)
+
 
 class BundleError(ClipxaiError):
     """A bundle that is missing, corrupt, tampered with or of an unknown schema."""
@@ -24,3 +26,5 @@ class VerificationError(ClipxaiError):
 
 class WeightsUnavailableError(WeightsError):
     """Weights that could not be downloaded (no network, hub down). CLI exit status 3."""
+
+    exit_code = 3

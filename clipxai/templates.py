@@ -1,4 +1,4 @@
-"""The prompt ensemble (DESIGN section 5), torch-free: export and runtime share it."""
+"""The prompt ensemble (docs/design.md §5), torch-free: export and runtime share it."""
 
 from __future__ import annotations
 

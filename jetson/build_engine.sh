@@ -4,18 +4,19 @@
 #   jetson/build_engine.sh BUNDLE [--precision fp16] [--min-batch N] [--opt-batch N] [--max-batch N]
 #                                 [--fp32-layers auto|none|NAME,...] [--engine-root DIR] [-- TRTEXEC ARGS...]
 #
-# Shapes and precision come from the bundle's manifest (python -m clipxai.runtime.trt_args).
+# Shapes and precision come from the bundle's manifest (python -m clipxai.runtime.cli.trt_args).
 # fp16/int8 engines keep LayerNorm, softmax and the normalisation layers in fp32
 # (--precisionConstraints=obey --layerPrecisions=...:fp32) unless --fp32-layers none.
-# The engine goes to BUNDLE/engines/<key>/model.engine (key: builder, TensorRT version,
-# GPU, precision, model digest), or under the user cache if the bundle is read-only,
-# next to key.json, engine.json, trtexec.args and build.log.
+# The engine goes to the user cache, ~/.cache/clipxai/engines/<graph digest>/<key>/model.engine
+# (key: builder, TensorRT version, GPU, precision, graph digest; CLIPXAI_CACHE_DIR moves the
+# cache, --engine-root names another root), next to key.json, trtexec.args, build.log and
+# engine.json (the engine's sha256: the runtime loads no engine that does not match it).
 # Environment: PYTHON (default python3), TRTEXEC (default: trtexec on PATH, else
 # /usr/src/tensorrt/bin/trtexec as installed by JetPack).
 set -euo pipefail
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 if [ $# -lt 1 ]; then
@@ -42,6 +43,13 @@ while [ $# -gt 0 ]; do
 done
 
 PYTHON=${PYTHON:-python3}
+# Run a clipxai module as a command, importing nothing from the working directory (python -m
+# and python -c put it first on sys.path, so a planted click.py or numpy.py there would run).
+clipxai_run() {
+    "$PYTHON" -c 'import runpy, sys
+sys.path[:] = [p for p in sys.path if p not in ("", ".")]
+runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)' "$@"
+}
 if [ -z "${TRTEXEC:-}" ]; then
     if command -v trtexec > /dev/null 2>&1; then
         TRTEXEC=$(command -v trtexec)
@@ -59,7 +67,7 @@ if [ ! -d "$BUNDLE" ]; then
 fi
 
 # The key's folder (emptied first if it holds another key's files); fails without TensorRT or a GPU.
-ENGINE_DIR=$("$PYTHON" -m clipxai.runtime.trt_args "$BUNDLE" "${OPTS[@]}" --emit engine-dir)
+ENGINE_DIR=$(clipxai_run clipxai.runtime.cli.trt_args "$BUNDLE" "${OPTS[@]}" --emit engine-dir)
 ARGS_FILE="$ENGINE_DIR/trtexec.args"
 LOG="$ENGINE_DIR/build.log"
 PARTIAL="$ENGINE_DIR/model.engine.partial"
@@ -69,7 +77,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$PYTHON" -m clipxai.runtime.trt_args "$BUNDLE" "${OPTS[@]}" --emit args > "$ARGS_FILE"
+clipxai_run clipxai.runtime.cli.trt_args "$BUNDLE" "${OPTS[@]}" --emit args > "$ARGS_FILE"
 mapfile -t TRT_ARGS < "$ARGS_FILE"
 if [ "${#TRT_ARGS[@]}" -eq 0 ]; then
     echo "error: no trtexec arguments were produced for $BUNDLE" >&2
@@ -107,4 +115,4 @@ case "$BUILT_WITH" in
 esac
 
 mv -f "$PARTIAL" "$ENGINE"
-"$PYTHON" -m clipxai.runtime.trt_args "$BUNDLE" "${OPTS[@]}" --emit record
+clipxai_run clipxai.runtime.cli.trt_args "$BUNDLE" "${OPTS[@]}" --emit record

@@ -79,7 +79,7 @@ def timed_with_faults(fn, runs):
 def builder_peak_rss_mb(timeout=600):
     """Peak RSS of the graph cache builder this process started in the background (it waits for it
     to end), or nan if none was started."""
-    from clipxai.runtime import graph_cache as gc
+    from clipxai.runtime.cpu import graph_cache as gc
     if not gc.started_builds() or not gc.wait_for_builds(timeout):
         return float("nan")
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -358,9 +358,10 @@ def wait_for_graph_cache(a, bundle, timeout=600):
     """Wait until the first load's background builder has filled the bundle's CPU graph cache entry."""
     if a.providers != "cpu":
         return
-    from clipxai.runtime import graph_cache as gc
-    sha = json.loads((Path(bundle) / "manifest.json").read_text())["files"]["model.onnx"]["sha256"]
-    root, key = gc.cache_root(a.cache_dir), gc.cache_key(sha)
+    from clipxai.common.cache import cache_root
+    from clipxai.runtime.bundle import load_bundle
+    from clipxai.runtime.cpu import graph_cache as gc
+    root, key = cache_root(a.cache_dir), gc.cache_key(load_bundle(bundle).graph_files())
     deadline = time.monotonic() + timeout
     while gc.building(root, key) or gc.lookup(root, key) is None:
         if time.monotonic() > deadline:
@@ -370,18 +371,11 @@ def wait_for_graph_cache(a, bundle, timeout=600):
 
 def cpu_name():
     """Model name and the vector-ISA flags that decide GEMM speed (fp32: AVX2/AVX-512; int8: VNNI)."""
-    name, flags = platform.processor() or "unknown CPU", []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                have = set(line.split(":", 1)[1].split())
-                flags = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-                         if f in have]
-    except OSError:
-        pass
-    return f"{name} ({', '.join(flags)})" if flags else name
+    from clipxai.common.system import cpu_info
+    cpu = cpu_info()
+    flags = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+             if f in cpu.flags]
+    return f"{cpu.model} ({', '.join(flags)})" if flags else cpu.model
 
 
 def export(a, bundle, size, precision):

@@ -2,7 +2,7 @@
 """Benchmark on-device vocabulary encoding against open_clip's PyTorch encode_text.
 
 Encodes CLASSES x 85 templates (default 59 classes, Pascal Context's count) with
-the prompt ensemble of DESIGN section 5, twice:
+the prompt ensemble of docs/design.md §5, twice:
 
 - device: clipxai's torch-free tokenizer and the text-encoder ONNX graph
   (onnxruntime CPU), prompts sorted by length, each batch cut to its longest
@@ -51,8 +51,8 @@ def main():
     from clipxai.export.text_graph import TextTowerOnnxModel, export_text_onnx
     from clipxai.runtime.bundle import Bundle
     from clipxai.runtime.providers import SessionOptions, create_session
-    from clipxai.runtime.text_encoder import TextEncoder
-    from clipxai.runtime.tokenizer import Tokenizer
+    from clipxai.runtime.text.encoder import TextEncoder
+    from clipxai.runtime.text.tokenizer import Tokenizer
     from clipxai.templates import TEMPLATES
 
     torch.set_num_threads(a.threads)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 import click
 
+from clipxai.common.cli import cli_errors
+from clipxai.common.files import atomic_write_text
 from clipxai.errors import ClipxaiError
 
 
@@ -52,18 +53,12 @@ def main(bundle, images, labels, class_file, split, image_suffix, label_suffix, 
          limit, out_path):
     """mIoU (per class and mean) of a bundle on a VOC-layout dataset."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
+    with cli_errors():
         report = run(bundle, images, labels, class_file, split=split, image_suffix=image_suffix,
                      label_suffix=label_suffix, reduce_zero_label=reduce_zero_label, background_id=background_id,
                      stride=stride, short_side=short_side, logit_scale=logit_scale, prob_threshold=prob_threshold,
                      background_classes=background_classes, batch_size=batch_size, providers=providers,
                      threads=threads, limit=limit, out_path=out_path)
-    except ClipxaiError as e:
-        click.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.secho("interrupted", fg="red", err=True)
-        sys.exit(130)
     miou = report["mIoU"]
     click.echo(f"mIoU {miou * 100:.2f} over {report['images']} images" if miou is not None else "mIoU undefined")
     if out_path:
@@ -74,7 +69,7 @@ def run(bundle, images, labels, class_file, split=None, image_suffix=".jpg", lab
         reduce_zero_label=False, background_id=None, stride=None, short_side=None, logit_scale=None,
         prob_threshold=None, background_classes=None, batch_size=8, providers="auto", threads=None, limit=None,
         out_path=None) -> dict:
-    from clipxai.runtime.evaluation import class_mapping, evaluate, find_dataset
+    from clipxai.eval.segmentation import class_mapping, evaluate, find_dataset
     from clipxai.runtime.predictor import Predictor
     from clipxai.vocabulary import parse_class_list
 
@@ -92,7 +87,7 @@ def run(bundle, images, labels, class_file, split=None, image_suffix=".jpg", lab
     if background_id is None:
         background_id = next((i for i, n in enumerate(dataset.names) if n[0].lower() == "background"), None)
     mapping = class_mapping(predictor.classes, dataset.names, bg, background_id)
-    if predictor.bundle.manifest.get("weights", {}).get("source") == "random":
+    if predictor.bundle.random_weights:
         click.secho("WARNING: this bundle has RANDOM weights: its mIoU means nothing (tests only)",
                     fg="red", bold=True, err=True)
 
@@ -119,13 +114,7 @@ def run(bundle, images, labels, class_file, split=None, image_suffix=".jpg", lab
     if out_path:
         out = Path(out_path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.partial")
-        try:
-            tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-            os.replace(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write_text(out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return report
 
 

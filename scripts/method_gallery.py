@@ -112,13 +112,10 @@ def make_gallery(out: Path, pretrained: str, backbone: str, image: Path, classes
               show_default=True)
 def main(pretrained, backbone, image, classes, image_size, width, out):
     """Write one heatmap overlay per method and class on a sample image."""
-    from clipxai.errors import ClipxaiError
-    try:
+    from clipxai.common.cli import cli_errors
+    with cli_errors():
         paths = make_gallery(out, pretrained, backbone, image, [c.strip() for c in classes.split(",")],
                              image_size, width)
-    except ClipxaiError as e:
-        click.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(2)
     for p in paths:
         click.echo(p)
 

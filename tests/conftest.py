@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(1, str(Path(__file__).parent.parent / "scripts"))  # maintainer tools (latency_table.py)
 
 try:  # the runtime tests run without torch; the export tests need it
     import torch  # noqa: F401

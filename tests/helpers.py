@@ -25,4 +25,4 @@ def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 def leftovers(parent: Path) -> list[str]:
     """Staging directories the exporter may have left in parent."""
-    return [p.name for p in Path(parent).iterdir() if ".clipxai-partial-" in p.name]
+    return [p.name for p in Path(parent).iterdir() if ".partial-" in p.name]

@@ -1,4 +1,4 @@
-"""Independent plain-PyTorch reference of CLIP Surgery, written from DESIGN's formulas.
+"""Independent plain-PyTorch reference of CLIP Surgery, written from the formulas of docs/design.md.
 
 It reads raw tensors from an open_clip CLIP state dict and never calls clipxai's
 model code. It follows the reference implementation's structure: both paths in
@@ -125,7 +125,7 @@ def pipeline(sd, image, text, mode, heads, surgery_blocks, quick_gelu, redundanc
 
 
 def prompt_ensemble(model, tokenizer, classes, templates):
-    """DESIGN section 5 with open_clip's own 77-token encode_text."""
+    """docs/design.md §5 with open_clip's own 77-token encode_text."""
     out = []
     with torch.no_grad():
         for c in classes:
@@ -303,7 +303,7 @@ def dense_pipeline(sd, image, text, heads, quick_gelu, method, logit_scale=100.0
     return sim, scores, heatmaps(sim, (g, g))
 
 
-# --- ResNet surgery, written from DESIGN section 3 (ResNet backbones) ---
+# --- ResNet surgery, written from docs/design.md §3 (ResNet backbones) ---
 
 def _bn(x, sd, name):
     return F.batch_norm(x, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"],

@@ -14,7 +14,7 @@ from PIL import Image
 
 from clipxai.errors import ClipxaiError
 from clipxai.runtime import Predictor
-from clipxai.runtime.evaluation import (
+from clipxai.eval.segmentation import (
     class_mapping, confusion_matrix, evaluate, find_dataset, iou_per_class, mean_iou, pixel_accuracy, read_label,
 )
 from tiny import TINY

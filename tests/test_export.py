@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipxai.contract import sha256_file
+from clipxai.common.files import sha256_file
 from clipxai.export.pipeline import ExportConfig, export_bundle
 from clipxai.models.surgery import SurgeryViT
 
@@ -111,12 +111,12 @@ def test_surgery_path_differs_from_plain_tokens(tiny_model):
 def test_manifest_and_digests(tmp_path):
     res = _export(tmp_path, image_size=40)
     m = read_manifest(res.path)
-    assert m["schema_version"] == 2 and m["method"] == "surgery" and m["precision"] == "fp32"
+    assert m["schema_version"] == 3 and m["kind"] == "clip" and m["method"] == "surgery" and m["precision"] == "fp32"
     assert m["classes"] == CLASSES and m["redundancy"] == "classes" and m["image_size"] == 40
     assert m["grid_size"] == 5 and m["num_patches"] == 25 and m["opset"] >= 17
     assert m["weights"]["source"] == "random"
     assert m["templates"]["count"] == 85
-    assert set(m["files"]) == {"model.onnx", "text_embeddings.npy", "redundancy.npy"}
+    assert set(m["files"]) == {"model.onnx", "model.onnx.data", "text_embeddings.npy", "redundancy.npy"}
     for name, info in m["files"].items():
         assert sha256_file(res.path / name) == info["sha256"]
     assert m["graph"]["outputs"]["similarity"]["shape"] == ["batch", 25, 5]

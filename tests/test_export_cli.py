@@ -169,7 +169,7 @@ def test_sigterm_mid_export_leaves_no_directory(tmp_path):
 
 
 def test_stale_staging_from_a_killed_export_is_removed(tmp_path):
-    stale = tmp_path / ".b.clipxai-partial-999999999-abcdef"
+    stale = tmp_path / ".b.partial-999999999-abcdef"
     stale.mkdir()
     (stale / "model.onnx").write_bytes(b"partial")
     assert invoke(*tiny_args(tmp_path / "b")).exit_code == 0

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipxai.runtime import Predictor, engine_cache, load_bundle
+from clipxai.runtime import Predictor, load_bundle
+from clipxai.runtime.nvidia import engine_cache
 from test_runtime import CLASSES, ROCKET, reference_prediction
 from tiny import TINY
 
@@ -33,7 +34,7 @@ def _has_cuda() -> bool:
     if CUDA not in ort.get_available_providers():
         return False
     try:
-        from clipxai.runtime import gpu_info
+        from clipxai.runtime.nvidia import gpu_info
         gpu_info.gpu()
         return True
     except Exception:  # noqa: BLE001
@@ -43,7 +44,7 @@ def _has_cuda() -> bool:
 def _has_trt_ep() -> bool:
     import onnxruntime as ort
     try:
-        from clipxai.runtime import gpu_info
+        from clipxai.runtime.nvidia import gpu_info
         gpu_info.tensorrt_version()
     except Exception:  # noqa: BLE001
         return False
@@ -52,7 +53,7 @@ def _has_trt_ep() -> bool:
 
 def _has_native_trt() -> bool:
     try:
-        from clipxai.runtime.tensorrt_backend import import_tensorrt
+        from clipxai.runtime.nvidia.tensorrt_backend import import_tensorrt
         import_tensorrt()
     except Exception:  # noqa: BLE001
         return False
@@ -83,8 +84,8 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def native_engine(bundle: Path, precision: str, max_batch: int = 4) -> Path:
     """Build (TensorRT Python API, same plan as build_engine.sh) into this machine's key folder."""
-    from clipxai.runtime.tensorrt_backend import build_engine_python
-    from clipxai.runtime.trt_args import plan_from_manifest
+    from clipxai.runtime.nvidia.tensorrt_backend import build_engine_python
+    from clipxai.runtime.nvidia.trt_args import plan_from_manifest
     b = load_bundle(bundle)
     plan = plan_from_manifest(b.manifest, b.model_path, precision=precision, max_batch=max_batch)
     d = engine_cache.key_dir(engine_cache.default_root(b), engine_cache.current_key(b, engine_cache.TRTEXEC, precision))
@@ -95,7 +96,7 @@ def native_engine(bundle: Path, precision: str, max_batch: int = 4) -> Path:
 
 @needs_cuda
 def test_cuda_fp32_parity(tiny_bundle, reference):
-    from clipxai.runtime.iobinding import BoundSession
+    from clipxai.runtime.nvidia.iobinding import BoundSession
     p = Predictor.from_bundle(tiny_bundle, providers="cuda")
     assert p.provider == CUDA and isinstance(p.session, BoundSession)
     pred = p.predict(ROCKET)
@@ -183,7 +184,8 @@ def test_latency_table(tmp_path):
     """ViT-B/16 (random weights) at 224 and 448, fp32 and fp16, batch 1 and 4, phase split, written into
     jetson/README.md when CLIPXAI_RECORD_LATENCY=1 (else into a copy, to check the writer)."""
     from clipxai.export.pipeline import ExportConfig, export_bundle
-    from clipxai.runtime.benchmark import benchmark, describe_device, format_rows, write_table
+    from clipxai.runtime.latency import benchmark, describe_device, format_rows
+    from latency_table import write_table
     if _has_native_trt():
         configs = [("tensorrt", "fp32"), ("tensorrt", "fp16")]
     elif _has_trt_ep():

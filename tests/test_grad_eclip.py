@@ -125,7 +125,7 @@ def test_bundle_onnx_matches_autograd_and_manifest(bundle, tiny_model):
     m = read_manifest(bundle.path)
     assert m["method"] == "grad-eclip" and m["redundancy"] is None
     assert m["pos_embed_resize"] == {"from_grid": 4, "to_grid": 6, "mode": "bicubic", "align_corners": False,
-                                     "antialias": False}
+                                     "antialias": False, "target": "size", "applied": True}
     assert bundle.verification["heatmaps"] <= TOL and bundle.verification["similarity"] <= TOL
     x = random_images(2, 48, seed=9)
     sim, scores, maps = run_bundle(bundle.path, x)
@@ -154,7 +154,7 @@ def test_export_cli_grad_eclip(tmp_path):
 
 def test_runtime_and_segment_cli_run_the_bundle(bundle, tmp_path):
     from clipxai.runtime import Predictor
-    from clipxai.runtime.cli import main
+    from clipxai.runtime.cli.segment import main
     p = Predictor.from_bundle(bundle.path, providers="cpu")
     pred = p.predict(ROCKET)
     assert pred.heatmaps_grid.shape == (3, 6, 6) and pred.similarity.shape == (36, 3)

@@ -17,9 +17,11 @@ import onnx
 import pytest
 
 from clipxai.errors import ClipxaiError
-from clipxai.runtime import Predictor, engine_cache, load_bundle
-from clipxai.runtime.onnx_nodes import Node, read_nodes
-from clipxai.runtime.trt_args import FP32_OPS, plan_from_manifest
+from clipxai.common.files import sha256_file
+from clipxai.runtime import NvidiaOptions, Predictor, load_bundle
+from clipxai.runtime.nvidia import engine_cache
+from clipxai.runtime.onnx_wire import Node, read_nodes
+from clipxai.runtime.nvidia.trt_args import FP32_OPS, plan_from_manifest
 from tiny import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +46,7 @@ def bundle_copy(bundle, tmp_path):
 @pytest.fixture
 def fake_machine(monkeypatch):
     """Pretend TensorRT 10.3.0 on a Jetson AGX Orin; tests change the dict to change the machine."""
-    from clipxai.runtime import gpu_info
+    from clipxai.runtime.nvidia import gpu_info
     machine = {"trt": "10.3.0", "gpu": gpu_info.Gpu("Orin", "8.7")}
     monkeypatch.setattr(gpu_info, "tensorrt_version", lambda: machine["trt"])
     monkeypatch.setattr(gpu_info, "gpu", lambda device_id=0: machine["gpu"])
@@ -139,7 +141,7 @@ def test_precision_and_batch_errors():
 
 
 def test_cli_args_for_a_real_bundle(bundle):
-    r = subprocess.run([sys.executable, "-m", "clipxai.runtime.trt_args", str(bundle), "--precision", "fp16",
+    r = subprocess.run([sys.executable, "-m", "clipxai.runtime.cli.trt_args", str(bundle), "--precision", "fp16",
                         "--max-batch", "2"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     args = r.stdout.splitlines()
@@ -149,7 +151,7 @@ def test_cli_args_for_a_real_bundle(bundle):
     pinned = {p.rsplit(":", 1)[0] for p in args[6].split("=", 1)[1].split(",")}
     assert pinned == {n.name for n in graph if n.op_type in FP32_OPS}
     assert {"LayerNormalization", "Softmax"} <= {n.op_type for n in graph if n.name in pinned}
-    bad = subprocess.run([sys.executable, "-m", "clipxai.runtime.trt_args", str(bundle), "--precision", "int8"],
+    bad = subprocess.run([sys.executable, "-m", "clipxai.runtime.cli.trt_args", str(bundle), "--precision", "int8"],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.startswith("error: a fp32 bundle builds") and "Traceback" not in bad.stderr
 
@@ -178,11 +180,18 @@ def test_engine_precision():
 
 def test_foreign_engine_is_never_reused(bundle_copy, fake_machine):
     b = load_bundle(bundle_copy)
-    root = bundle_copy / "engines"
+    root = engine_cache.default_root(b)
     key = engine_cache.current_key(b, "trtexec", "fp16")
     d = engine_cache.key_dir(root, key)
     (d / "model.engine").write_bytes(b"engine for TensorRT 10.3 on Orin")
+    with pytest.raises(ClipxaiError, match="not the engine build_engine.sh recorded"):  # no engine.json yet
+        engine_cache.find_engine(b, "fp16")
+    (d / "engine.json").write_text(json.dumps({"engine_sha256": sha256_file(d / "model.engine")}))
     assert engine_cache.find_engine(b, "fp16") == d / "model.engine"
+    (d / "model.engine").write_bytes(b"engine for TensorRT 10.3 on Orin, changed")  # swapped after the build
+    with pytest.raises(ClipxaiError, match="not the engine build_engine.sh recorded"):
+        engine_cache.find_engine(b, "fp16")
+    (d / "engine.json").write_text(json.dumps({"engine_sha256": sha256_file(d / "model.engine")}))
     # a new TensorRT, another GPU, another precision: another folder, and no engine there
     for change in ({"trt": "10.4.0"}, {"gpu": type(fake_machine["gpu"])("Orin", "7.2")}):
         saved = dict(fake_machine)
@@ -215,16 +224,17 @@ def test_ort_tensorrt_cache_dir(bundle_copy, fake_machine, monkeypatch, tmp_path
     assert engine_cache.ort_trt_cache_dir(b, [TRT], "off", False) is None
     d32 = Path(engine_cache.ort_trt_cache_dir(b, [TRT, "CPUExecutionProvider"], None, False))
     d16 = Path(engine_cache.ort_trt_cache_dir(b, "tensorrt", None, True))
-    assert d32.parent == d16.parent == bundle_copy / "engines" and d32 != d16
+    assert d32.parent == d16.parent == engine_cache.default_root(b) and d32 != d16
+    assert not (bundle_copy / "engines").exists()  # never inside the bundle
     assert d16.name.startswith(f"ort{ort.__version__}__trt10.3.0__Orin-sm87__fp16__")
-    assert json.loads((d16 / "key.json").read_text())["model_sha256"] == b.manifest["files"]["model.onnx"]["sha256"]
+    assert json.loads((d16 / "key.json").read_text())["model_sha256"] == b.graph_digest
     custom = Path(engine_cache.ort_trt_cache_dir(b, "trt", str(tmp_path / "cache"), False))
     assert custom.parent == tmp_path / "cache"
-    # a read-only bundle: the user cache, one folder per model digest
+    # the user cache, one folder per graph digest
     monkeypatch.setenv("CLIPXAI_CACHE_DIR", str(tmp_path / "user"))
-    monkeypatch.setattr(engine_cache.os, "access", lambda *a, **k: False)
     user = Path(engine_cache.ort_trt_cache_dir(b, "tensorrt", None, False))
-    assert user.parent == tmp_path / "user" / "engines" / b.manifest["files"]["model.onnx"]["sha256"][:16]
+    assert user.parent == tmp_path / "user" / "engines" / b.graph_digest[:16]
+    assert stat.S_IMODE(user.stat().st_mode) == 0o700
 
 
 def test_tensorrt_provider_options(monkeypatch, tmp_path):
@@ -246,19 +256,19 @@ def test_tensorrt_provider_options(monkeypatch, tmp_path):
 def test_native_backend_missing_dependencies(bundle, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(ClipxaiError, match="needs TensorRT's Python API.*python3-libnvinfer"):
-        Predictor.from_bundle(bundle, backend="tensorrt")
+        Predictor.from_bundle(bundle, nvidia=NvidiaOptions(backend="tensorrt"))
     monkeypatch.setitem(sys.modules, "tensorrt", type(sys)("tensorrt"))
     for name in ("cuda", "cuda.bindings", "cuda.cudart"):
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ClipxaiError, match="needs cuda-python"):
-        Predictor.from_bundle(bundle, backend="tensorrt")
+        Predictor.from_bundle(bundle, nvidia=NvidiaOptions(backend="tensorrt"))
 
 
 def test_backend_errors(bundle):
     with pytest.raises(ClipxaiError, match="unknown backend 'tvm'"):
-        Predictor.from_bundle(bundle, backend="tvm")
+        Predictor.from_bundle(bundle, nvidia=NvidiaOptions(backend="tvm"))
     with pytest.raises(ClipxaiError, match="engine= is for backend='tensorrt'"):
-        Predictor.from_bundle(bundle, providers="cpu", engine="x.engine")
+        Predictor.from_bundle(bundle, providers="cpu", nvidia=NvidiaOptions(engine="x.engine"))
     p = Predictor.from_bundle(bundle, providers="cpu")
     assert type(p.session).__name__ == "InferenceSession"  # CPU: never wrapped in IO binding
     assert not (bundle / "engines").exists()  # no TensorRT provider, no cache folder
@@ -267,7 +277,7 @@ def test_backend_errors(bundle):
 def test_io_binding_matches_plain_run(bundle):
     """The binding logic (input slots reused per shape, outputs allocated by onnxruntime) on the CPU
     device; on a GPU the same code runs with device "cuda" (tests/test_gpu.py)."""
-    from clipxai.runtime.iobinding import BoundSession, maybe_bind
+    from clipxai.runtime.nvidia.iobinding import BoundSession, maybe_bind
     p = Predictor.from_bundle(bundle, providers="cpu")
     assert maybe_bind(p.session) is p.session
     bound = BoundSession(p.session, device="cpu")
@@ -289,7 +299,7 @@ def test_io_binding_matches_plain_run(bundle):
 # ---- benchmark ----------------------------------------------------------------------------------------------
 
 def test_benchmark_phases_on_cpu(bundle):
-    from clipxai.runtime.benchmark import PHASES, benchmark, time_batch
+    from clipxai.runtime.latency import PHASES, benchmark, time_batch
     p = Predictor.from_bundle(bundle, providers="cpu")
     one = time_batch(p, [ROCKET, ROCKET])
     assert one["h2d_ms"] is None and one["d2h_ms"] is None  # no device copies on the CPU
@@ -301,7 +311,7 @@ def test_benchmark_phases_on_cpu(bundle):
 
 
 def test_benchmark_uses_the_sessions_copy_timings(bundle):
-    from clipxai.runtime.benchmark import time_batch
+    from clipxai.runtime.latency import time_batch
 
     class Timed:
         def __init__(self, session):
@@ -317,7 +327,8 @@ def test_benchmark_uses_the_sessions_copy_timings(bundle):
 
 
 def test_latency_table_writer(tmp_path):
-    from clipxai.runtime.benchmark import TABLE_END, TABLE_START, format_rows, write_table
+    from clipxai.runtime.latency import format_rows
+    from latency_table import TABLE_END, TABLE_START, write_table
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\nbefore\n{TABLE_START}\nold\n{TABLE_END}\nafter\n")
     rows = [{"batch": 4, "pre_ms": 1.0, "h2d_ms": None, "compute_ms": 3.25, "d2h_ms": None, "post_ms": 2.0,
@@ -358,6 +369,7 @@ def _build(bundle_dir, tmp_path, *extra, fail=False, version="10.3.0"):
     fake.write_text(FAKE_TRTEXEC)
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(ROOT), TRTEXEC=str(fake), FAKE_VERSION=version,
+               CLIPXAI_CACHE_DIR=str(tmp_path / "cache"),
                FAKE_ARGS=str(tmp_path / "args.txt"), FAKE_FAIL="1" if fail else "0")
     return subprocess.run(["bash", str(JETSON / "build_engine.sh"), str(bundle_dir), "--trt-version", "10.3.0",
                            "--gpu", "Orin sm87", *extra], capture_output=True, text=True, env=env, timeout=300)
@@ -366,9 +378,10 @@ def _build(bundle_dir, tmp_path, *extra, fail=False, version="10.3.0"):
 def test_build_engine_script(bundle_copy, tmp_path):
     r = _build(bundle_copy, tmp_path, "--precision", "fp16", "--", "--workspace=1024")
     assert r.returncode == 0, r.stderr
-    dirs = list((bundle_copy / "engines").iterdir())
-    assert [d.name for d in dirs] == [f"trtexec__trt10.3.0__Orin-sm87__fp16__"
-                                      f"{load_bundle(bundle_copy).manifest['files']['model.onnx']['sha256'][:16]}"]
+    b = load_bundle(bundle_copy)
+    dirs = list(engine_cache.default_root(b, tmp_path / "cache").iterdir())
+    assert [d.name for d in dirs] == [f"trtexec__trt10.3.0__Orin-sm87__fp16__{b.graph_digest[:16]}"]
+    assert not (bundle_copy / "engines").exists()
     d = dirs[0]
     assert (d / "model.engine").read_text() == "serialized\n" and not (d / "model.engine.partial").exists()
     passed = (tmp_path / "args.txt").read_text().splitlines()
@@ -376,16 +389,18 @@ def test_build_engine_script(bundle_copy, tmp_path):
     assert f"--saveEngine={d / 'model.engine.partial'}" in passed
     record = json.loads((d / "engine.json").read_text())
     assert record["key"]["precision"] == "fp16" and record["key"]["gpu"] == "Orin sm87"
+    assert record["engine_sha256"] == sha256_file(d / "model.engine")
     assert load_bundle(bundle_copy)  # the bundle itself still verifies
 
 
 def test_build_engine_script_failures(bundle_copy, tmp_path):
+    engines = engine_cache.default_root(load_bundle(bundle_copy), tmp_path / "cache")
     r = _build(bundle_copy, tmp_path, fail=True)
     assert r.returncode == 1 and "trtexec failed" in r.stderr and "[E] parser error" in r.stderr
-    assert not list((bundle_copy / "engines").glob("*/model.engine*"))
+    assert not list(engines.glob("*/model.engine*"))
     r = _build(bundle_copy, tmp_path, version="8.6.2")
     assert r.returncode == 1 and "trtexec is TensorRT 8.6.2 but Python sees TensorRT 10.3.0" in r.stderr
-    assert not list((bundle_copy / "engines").glob("*/model.engine*"))
+    assert not list(engines.glob("*/model.engine*"))
     r = _build(bundle_copy, tmp_path, "--precision", "int8")
     assert r.returncode != 0 and "a fp32 bundle builds fp32 or fp16 engines, not int8" in r.stderr
     r = _build(tmp_path / "missing", tmp_path)

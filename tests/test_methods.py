@@ -10,9 +10,8 @@ import torch.nn.functional as F
 from clipxai.errors import ClipxaiError
 from clipxai.export.methods import build_method_graph
 from clipxai.export.pipeline import ExportConfig, export_bundle
-from clipxai.models.dense_methods import (
-    DenseViT, naclip_omega, resize_pos_bicubic_scale, resize_pos_bicubic_size,
-)
+from clipxai.models.dense_methods import DenseViT, naclip_omega
+from clipxai.models.pos_embed import resize_pos_bicubic_scale, resize_pos_bicubic_size
 from clipxai.runtime import Predictor
 
 import reference as ref

@@ -69,7 +69,8 @@ def test_resnet_surgery_matches_independent_reference(rn, size, mode):
         assert g.shape == w.shape, name
         assert (g - w).abs().max() <= 1e-4, (name, (g - w).abs().max())
     assert built.pos_embed_resize == {"from_grid": 2, "to_grid": size // 32, "mode": "bilinear",
-                                      "align_corners": False, "antialias": False}
+                                      "align_corners": False, "antialias": False, "target": "size",
+                                      "applied": size // 32 != 2}
 
 
 def test_scores_use_the_plain_attention_pool(rn):

@@ -13,6 +13,10 @@ import pytest
 from tiny import TINY
 
 ROOT = Path(__file__).parent.parent
+# The base dependencies of pyproject.toml and theirs: all the runtime may import.
+ALLOWED = {"numpy", "onnxruntime", "PIL", "click", "threadpoolctl", "ftfy", "wcwidth", "regex", "platformdirs",
+           "filelock", "coloredlogs", "humanfriendly", "flatbuffers", "packaging", "google", "sympy", "mpmath",
+           "ml_dtypes"}
 ROCKET = ROOT / "examples" / "rocket.jpg"
 
 SCRIPT = textwrap.dedent("""
@@ -27,19 +31,19 @@ SCRIPT = textwrap.dedent("""
 
     sys.meta_path.insert(0, Block())
     from clipxai.runtime import Predictor
-    from clipxai.runtime.cli import main
+    from clipxai.runtime.cli.segment import main
     # the NVIDIA kit's modules import, and the trtexec mapping reads the graph, without torch or onnx
-    from clipxai.runtime import (backends, benchmark, engine_cache, gpu_info, iobinding, onnx_nodes,  # noqa: F401
-                                 tensorrt_backend, trt_args)
+    from clipxai.runtime import latency, onnx_wire, sessions  # noqa: F401
+    from clipxai.runtime.nvidia import engine_cache, gpu_info, iobinding, tensorrt_backend, trt_args  # noqa: F401
     from clipxai.runtime.bundle import load_bundle
     b = load_bundle(sys.argv[1])
     assert trt_args.plan_from_manifest(b.manifest, b.model_path, precision="fp16").fp32_layers
     p = Predictor.from_bundle(sys.argv[1], providers="cpu")
-    assert benchmark.time_batch(p, [sys.argv[2]])["compute_ms"] > 0
+    assert latency.time_batch(p, [sys.argv[2]])["compute_ms"] > 0
     pred = p.predict(sys.argv[2])
     seg = pred.segmentation
     coords, labels = pred.points(0)
-    import clipxai.runtime.sliding, clipxai.runtime.evaluation  # noqa: F401
+    import clipxai.runtime.sliding, clipxai.eval.segmentation  # noqa: F401
     p.set_segmentation(logit_scale=40.0, prob_threshold=0.3, background_classes=["sky"])
     slid = p.predict_slide(sys.argv[2], 16, 40)
     assert slid.segmentation.shape == seg.shape and slid.heatmaps.shape == pred.heatmaps.shape
@@ -49,8 +53,9 @@ SCRIPT = textwrap.dedent("""
         assert not e.code, e.code
     tops = {m.split(".")[0] for m in sys.modules if not m.startswith("__editable__")}
     third = sorted(tops - set(sys.stdlib_module_names) - {"clipxai", "__main__", "_distutils_hack"})
+    ours = sorted(m for m in sys.modules if m.startswith(("clipxai.export", "clipxai.models")))
     print(json.dumps({"heatmaps": list(pred.heatmaps.shape), "seg": list(seg.shape),
-                      "third_party": third, "torch_loaded": "torch" in sys.modules}))
+                      "third_party": third, "torch_loaded": "torch" in sys.modules, "torch_side": ours}))
 """)
 
 
@@ -70,22 +75,19 @@ def test_runtime_runs_with_torch_blocked(bundle, tmp_path):
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout.strip().splitlines()[-1])
     assert info["heatmaps"] == [2, 427, 640] and info["seg"] == [427, 640]
-    assert not info["torch_loaded"]
-    # only the base dependencies of pyproject.toml (numpy, onnxruntime, pillow, click, threadpoolctl) and theirs
-    allowed = {"numpy", "onnxruntime", "PIL", "click", "threadpoolctl", "coloredlogs", "humanfriendly", "flatbuffers", "packaging",
-               "google", "sympy", "mpmath", "ml_dtypes"}
-    assert set(info["third_party"]) <= allowed, set(info["third_party"]) - allowed
+    assert not info["torch_loaded"] and info["torch_side"] == []  # never clipxai.export or clipxai.models
+    assert set(info["third_party"]) <= ALLOWED, set(info["third_party"]) - ALLOWED
     # Without onnx (an optional extra) the CPU graph cache is still built, without attention fusion.
-    from clipxai.runtime import graph_cache as gc
-    sha = json.loads((bundle / "manifest.json").read_text())["files"]["model.onnx"]["sha256"]
-    entry = gc.lookup(tmp_path / "graph-cache", gc.cache_key(sha))
+    from clipxai.runtime.bundle import load_bundle
+    from clipxai.runtime.cpu import graph_cache as gc
+    entry = gc.lookup(tmp_path / "graph-cache", gc.cache_key(load_bundle(bundle).graph_files()))
     assert entry is not None and json.loads((entry.parent / gc.DONE_FILE).read_text())["attention_fused"] == 0
     assert (tmp_path / "out" / "rocket_segmentation.png").exists()
 
 
 TEXT_SCRIPT = textwrap.dedent("""
     import importlib.abc, json, sys
-    BLOCKED = {"torch", "torchvision", "open_clip", "onnx", "onnx_graphsurgeon", "timm", "ftfy", "regex"}
+    BLOCKED = {"torch", "torchvision", "open_clip", "onnx", "onnx_graphsurgeon", "timm"}
 
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -95,8 +97,8 @@ TEXT_SCRIPT = textwrap.dedent("""
 
     sys.meta_path.insert(0, Block())
     from clipxai.runtime import Predictor
-    from clipxai.runtime.cli import main
-    from clipxai.runtime.tokenizer import tokenize
+    from clipxai.runtime.cli.segment import main
+    from clipxai.runtime.text.tokenizer import tokenize
     ids = tokenize(["a photo of a red mug."], vocab_path=sys.argv[1] + "/bpe_simple_vocab_16e6.txt.gz")
     p = Predictor.from_bundle(sys.argv[1], providers="cpu")
     p.set_classes(["red mug", "table"], cache=sys.argv[4])
@@ -126,16 +128,15 @@ def test_tokenizer_and_set_classes_run_with_torch_blocked(tmp_path_factory, tmp_
     assert info["ids"] == open_clip.get_tokenizer(TINY.open_clip_name)("a photo of a red mug.")[0, :8].tolist()
     assert info["classes"] == ["red mug", "table"] and info["maps"] == [2, 4, 4]
     assert not info["torch_loaded"]
-    allowed = {"numpy", "onnxruntime", "PIL", "click", "threadpoolctl", "coloredlogs", "humanfriendly", "flatbuffers", "packaging",
-               "google", "sympy", "mpmath", "ml_dtypes"}
-    assert set(info["third_party"]) <= allowed, set(info["third_party"]) - allowed
+    assert set(info["third_party"]) <= ALLOWED, set(info["third_party"]) - ALLOWED
     rec = json.loads((tmp_path / "out" / "rocket.json").read_text())
     assert set(rec["scores"]) == {"cup", "chair"}
-    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 4
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 4
 
 
 def test_base_dependencies_are_declared():
     import tomllib
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {d.split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in deps}
-    assert names == {"numpy", "onnxruntime", "pillow", "click", "threadpoolctl"}
+    assert names == {"numpy", "onnxruntime", "pillow", "click", "threadpoolctl", "ftfy", "regex", "platformdirs",
+                     "filelock"}

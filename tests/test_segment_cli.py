@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from clipxai.runtime.cli import main
+from clipxai.runtime.cli.segment import main
 from tiny import TINY
 
 ROCKET = Path(__file__).parent.parent / "examples" / "rocket.jpg"
@@ -64,17 +64,19 @@ def test_folder_with_a_bad_file_reports_and_continues(bundle, tmp_path):
     assert "Traceback" not in r.output
 
 
-def test_globs_subset_and_same_stems(bundle, tmp_path):
+def test_globs_subset_and_same_names_in_two_folders(bundle, tmp_path):
     for d in ("x", "y"):
         (tmp_path / d).mkdir()
         shutil.copy(ROCKET, tmp_path / d / "pic.jpg")
     out = tmp_path / "out"
     r = invoke(bundle, str(tmp_path / "*" / "pic.jpg"), "--out", out, "--classes", "sky,rocket")
     assert r.exit_code == 0, r.output
-    assert (out / "pic.json").exists() and (out / "pic_2.json").exists()
-    rec = json.loads((out / "pic.json").read_text())
-    assert list(rec["scores"]) == ["sky", "rocket"]
-    assert sorted(p.name for p in out.glob("pic_heatmap_*")) == ["pic_heatmap_rocket.png", "pic_heatmap_sky.png"]
+    assert (out / "x" / "pic.json").exists() and (out / "y" / "pic.json").exists()  # their relative paths
+    rec = json.loads((out / "x" / "pic.json").read_text())
+    assert list(rec["scores"]) == ["sky", "rocket"] and rec["image"].endswith("x/pic.jpg")
+    assert json.loads((out / "y" / "pic.json").read_text())["image"].endswith("y/pic.jpg")
+    assert sorted(p.name for p in (out / "x").glob("pic_heatmap_*")) == ["pic_heatmap_rocket.png",
+                                                                        "pic_heatmap_sky.png"]
 
 
 def test_user_errors(bundle, tmp_path):

@@ -15,7 +15,7 @@ from torchvision import transforms as T
 import reference as ref
 from clipxai.errors import ClipxaiError
 from clipxai.runtime import Predictor, load_bundle
-from clipxai.runtime.cli import main as segment_main
+from clipxai.runtime.cli.segment import main as segment_main
 from clipxai.runtime.postprocess import DENSE_MAX, points_from_map, resize_bilinear, resize_matrix, segment
 from clipxai.runtime.sliding import window_offsets
 from tiny import TINY, TINY_HEADS, TINY_SURGERY_BLOCKS

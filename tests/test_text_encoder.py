@@ -14,7 +14,8 @@ import reference as ref
 from clipxai.contract import BPE_VOCAB_FILE, INPUT_REDUNDANCY, INPUT_TEXT, TEXT_ENCODER_FILE
 from clipxai.errors import ClipxaiError
 from clipxai.runtime import Predictor
-from clipxai.runtime.text_encoder import TextEncoder
+from clipxai.runtime.text.cache import EncodingCache
+from clipxai.runtime.text.encoder import TextEncoder
 from clipxai.templates import TEMPLATES
 from helpers import read_manifest
 from tiny import TINY
@@ -148,7 +149,7 @@ def test_cache_hit_skips_the_encoder_and_corrupt_entries_are_rewritten(te_bundle
     p = Predictor.from_bundle(te_bundle, providers="cpu")
     p.set_classes(["red mug", "table"], cache=cache)
     first = p.vocabulary
-    files = sorted(cache.rglob("*.npy"))
+    files = sorted(cache.rglob("*.npz"))
     assert len(files) == 2 and not list(cache.rglob("*.tmp"))  # bundle classes and "" come from the bundle
 
     calls = []
@@ -163,28 +164,59 @@ def test_cache_hit_skips_the_encoder_and_corrupt_entries_are_rewritten(te_bundle
     files[0].write_bytes(b"\x93NUMPY garbage")
     q.set_classes(["table", "red mug"], cache=cache)
     assert len(calls) == 1 and len(calls[0]) == 1
-    assert np.load(files[0]).shape == (first.text.shape[1],)  # rewritten
+    with np.load(files[0]) as z:
+        assert z["embedding"].shape == (first.text.shape[1],)  # rewritten
     assert np.abs(q.vocabulary.text[::-1] - first.text).max() <= 1e-6
 
     # other templates are other entries; the redundancy vector is recomputed for them
     q.set_classes(["red mug"], templates=["a photo of a {}."], cache=cache)
-    assert calls[-1] == ["red mug", ""] and len(list(cache.rglob("*.npy"))) == 4
+    assert calls[-1] == ["red mug", ""] and len(list(cache.rglob("*.npz"))) == 4
     assert not np.allclose(q.vocabulary.redundancy, first.redundancy)
 
 
+def test_swapped_or_scaled_text_cache_entries_are_never_used(te_bundle, tmp_path, monkeypatch, caplog):
+    """An entry of another class moved under this one's name, or its vector scaled: discarded, re-encoded."""
+    import logging
+    cache = tmp_path / "cache"
+    p = Predictor.from_bundle(te_bundle, providers="cpu")
+    p.set_classes(["red mug", "table"], cache=cache)
+    want = p.vocabulary.text.copy()
+    store = EncodingCache(cache, p._text_encoder.digest, TEMPLATES,
+                          want.shape[1])
+    mug, table = store.path("red mug"), store.path("table")
+    mug_bytes, table_bytes = mug.read_bytes(), table.read_bytes()
+    mug.write_bytes(table_bytes)  # swapped: "table"'s entry under "red mug"'s name
+    calls = []
+    real = TextEncoder.encode_classes
+    monkeypatch.setattr(TextEncoder, "encode_classes", lambda self, names, *a, **k: calls.append(list(names))
+                        or real(self, names, *a, **k))
+    caplog.set_level(logging.WARNING, logger="clipxai")
+    q = Predictor.from_bundle(te_bundle, providers="cpu")
+    q.set_classes(["red mug", "table"], cache=cache)
+    assert calls == [["red mug"]] and "written for another class" in caplog.text
+    assert np.abs(q.vocabulary.text - want).max() <= 1e-6
+    with np.load(table) as z:  # scaled by 2, its identity kept
+        scaled = {"embedding": z["embedding"] * 2, "identity": z["identity"]}
+    with open(table, "wb") as f:
+        np.savez(f, **scaled)
+    q.set_classes(["red mug", "table"], cache=cache)
+    assert calls[-1] == ["table"] and np.abs(q.vocabulary.text - want).max() <= 1e-6
+    assert mug.read_bytes() != table_bytes and mug_bytes
+
+
 def test_segment_cli_names_any_class_with_a_text_encoder_bundle(te_bundle, tmp_path):
-    from clipxai.runtime.cli import main
+    from clipxai.runtime.cli.segment import main
     out = tmp_path / "out"
     r = CliRunner().invoke(main, [str(te_bundle), str(ROCKET), "--out", str(out), "--classes", "red mug,dragon",
                                   "--text-cache", str(tmp_path / "c"), "--no-overlays"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     rec = json.loads((out / "rocket.json").read_text())
     assert set(rec["scores"]) == {"red mug", "dragon"}
-    assert len(list((tmp_path / "c").rglob("*.npy"))) == 2
+    assert len(list((tmp_path / "c").rglob("*.npz"))) == 2
 
 
 def test_segment_cli_unknown_class_without_text_encoder_says_how_to_export(baked3, tmp_path):
-    from clipxai.runtime.cli import main
+    from clipxai.runtime.cli.segment import main
     r = CliRunner().invoke(main, [str(baked3), str(ROCKET), "--out", str(tmp_path / "o"), "--classes", "sky,dragon"])
     assert r.exit_code == 2
     assert "'dragon' is not in the bundle" in r.stderr and "--text-encoder" in r.stderr

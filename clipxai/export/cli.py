@@ -8,8 +8,11 @@ from pathlib import Path
 
 import click
 
+from clipxai.common.cli import cli_errors
+from clipxai.common.images import IMAGE_SUFFIXES, image_files
 from clipxai.contract import METHODS, PRECISIONS
-from clipxai.errors import ClipxaiError, WeightsUnavailableError
+from clipxai.errors import ClipxaiError
+from clipxai.methods import METHOD_TABLE
 from clipxai.models.backbones import DEFAULT_BACKBONE  # torch-free table
 
 
@@ -44,7 +47,8 @@ def _human(n: int) -> str:
 @click.option("--pretrained", default="openai", show_default=True,
               help="'openai', an open_clip pretrained tag (e.g. laion2b_s34b_b88k), a checkpoint file, or 'random' (tests only).")
 @click.option("--method", type=click.Choice(METHODS), default="surgery", show_default=True,
-              help="Dense-prediction method baked into the graph: surgery or grad-eclip (README, Methods).")
+              help="Method baked into the graph (docs/methods.md): " + "; ".join(
+                  f"{m.name}: {m.summary}" for m in METHOD_TABLE) + ".")
 @click.option("--classes", "classes_text", help='Comma-separated class names, e.g. "person,bench,sky".')
 @click.option("--classes-file", type=click.Path(dir_okay=False), help="UTF-8 file with one class name per line.")
 @click.option("--image-size", type=int, default=224, show_default=True, help="Square input size of the graph (a multiple of the patch size).")
@@ -72,17 +76,16 @@ def main(backbone, method, pretrained, classes_text, classes_file, image_size, r
     Exit status: 0 done, 2 bad input or failed verification, 3 weights could not
     be downloaded, 130 interrupted. No partial bundle is ever left at --output.
     """
-    try:
+    with cli_errors(interrupted="interrupted: no bundle written"):
         result = run(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, precision,
                      fidelity_images, output, overwrite, force, no_verify, opset, cache_dir, text_batch_size, text_encoder)
-    except ClipxaiError as e:
-        click.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(3 if isinstance(e, WeightsUnavailableError) else 2)
-    except KeyboardInterrupt:
-        click.secho("interrupted: no bundle written", fg="red", err=True)
-        sys.exit(130)
+    report(result)
+
+
+def report(result) -> None:
     v = result.verification
     click.echo(f"bundle: {result.path}  ({_human(result.bytes)})")
+    click.echo(f"digest: {result.digest}  (sha256 of manifest.json; pin it with clipxai-segment --expect-digest)")
     if v is not None:
         click.echo(f"verified: max abs error similarity {v['similarity']:.2e}, heatmaps {v['heatmaps']:.2e}, "
                    f"scores {v['scores']:.2e} (tolerance {v['tolerance']:g}, batch {v['batch']})")
@@ -104,10 +107,10 @@ def main(backbone, method, pretrained, classes_text, classes_file, image_size, r
 
 
 def _image_files(folder: str) -> list[Path]:
-    exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in exts)
+    files = image_files(folder)
     if not files:
-        raise ClipxaiError(f"--fidelity-images {folder}: no .jpg/.png/.bmp/.webp/.tif images in it")
+        raise ClipxaiError(f"--fidelity-images {folder}: no .jpg/.png/... images in it "
+                           f"(suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
 
 

@@ -30,7 +30,7 @@ def class_scores(cls_embedding: torch.Tensor, text: torch.Tensor) -> torch.Tenso
 
 
 class SurgeryOnnxModel(nn.Module):
-    """CLIP Surgery: dual-path ViT tokens, then feature surgery (DESIGN sections 3 and 6)."""
+    """CLIP Surgery: dual-path ViT tokens, then feature surgery (docs/design.md §3 and §6)."""
 
     def __init__(self, vit: SurgeryViT, mode: str):
         super().__init__()

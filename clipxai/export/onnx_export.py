@@ -20,8 +20,9 @@ MIN_OPSET = 17
 
 
 def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET,
-                embed_dim: int | None = None) -> onnx.ModelProto:
-    """Export with a dynamic batch, fold constants, clean up, toposort, check, save.
+                embed_dim: int | None = None, data_file: str | None = None) -> onnx.ModelProto:
+    """Export with a dynamic batch, fold constants, clean up, toposort, check, save
+    (with the weights in ``data_file`` next to it, when given: ONNX external data).
 
     embed_dim: None for ``forward(image)`` (vocabulary baked in); D for a module
     ``forward(image, text [K, D], redundancy [D])`` exported with the vocabulary
@@ -51,10 +52,10 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET,
             input_names=names, output_names=list(OUTPUTS), dynamic_axes=dynamic,
             opset_version=opset, do_constant_folding=True, dynamo=False,
         )
-    return finish_graph(path)
+    return finish_graph(path, data_file)
 
 
-def finish_graph(path: str | Path) -> onnx.ModelProto:
+def finish_graph(path: str | Path, data_file: str | None = None) -> onnx.ModelProto:
     """The pass every exported graph gets: fold constants, clean up, toposort, stamp, save, full check."""
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its size notes are not for users
     graph = gs.import_onnx(onnx.load(str(path)))
@@ -62,6 +63,18 @@ def finish_graph(path: str | Path) -> onnx.ModelProto:
     proto = gs.export_onnx(graph)
     proto.producer_name = "clipxai"
     proto.producer_version = clipxai.__version__
-    onnx.save(proto, str(path))
+    save_graph(proto, path, data_file)
     onnx.checker.check_model(str(path), full_check=True)
     return proto
+
+
+def save_graph(proto: onnx.ModelProto, path: str | Path, data_file: str | None = None) -> None:
+    """Save a graph; with ``data_file``, every tensor of 1 KB or more goes into that file next to it
+    (replaced, not appended to), so a reader can open the graph without its weights."""
+    path = Path(path)
+    if data_file is None:
+        onnx.save(proto, str(path))
+        return
+    (path.parent / data_file).unlink(missing_ok=True)  # onnx appends to an existing data file
+    onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_file,
+              size_threshold=1024)

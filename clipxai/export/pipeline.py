@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import shutil
 import time
@@ -18,17 +17,18 @@ import torch
 
 import clipxai
 from clipxai.contract import (
-    BPE_VOCAB_FILE, CONTEXT_LENGTH, INPUT_IMAGE, INPUT_REDUNDANCY, INPUT_TEXT, LOGIT_SCALE, MODEL_FILE,
+    KIND_CLIP, MAX_IMAGE_SIZE, MODEL_DATA_FILE, BPE_VOCAB_FILE, CONTEXT_LENGTH, INPUT_IMAGE, INPUT_REDUNDANCY, INPUT_TEXT, LOGIT_SCALE, MODEL_FILE,
     PRECISIONS,
     OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY, REDUNDANCY_AUTO, REDUNDANCY_FILE, REDUNDANCY_MODES,
     SCHEMA_VERSION, TEXT_EMBEDDINGS_FILE, TEXT_ENCODER_FILE, TEXT_INPUT_EOT, TEXT_INPUT_IDS, TEXT_OUTPUT,
 )
 from clipxai.errors import ClipxaiError, VerificationError
 from clipxai.export.bundle import bundle_size, check_output, finalize_manifest, staged_bundle
+from clipxai.runtime.bundle import manifest_digest
 from clipxai.export.fidelity import GATES, gate_failures, load_images, measure_fidelity, synthetic_scenes
 from clipxai.export.graph import BakedVocabulary
 from clipxai.export.methods import build_method_graph, check_method, uses_redundancy
-from clipxai.export.onnx_export import MIN_OPSET, export_onnx
+from clipxai.export.onnx_export import MIN_OPSET, export_onnx, save_graph
 from clipxai.export.precision import convert
 from clipxai.export.text_graph import TextTowerOnnxModel, export_text_onnx, verify_text_onnx
 from clipxai.export.verify import verify_onnx
@@ -38,7 +38,6 @@ from clipxai.models.text import TEMPLATE_SET, TEMPLATES, encode_vocabulary, redu
 from clipxai.vocabulary import validate_classes
 
 FP32_TOLERANCE = 1e-4
-MAX_IMAGE_SIZE = 2048
 
 
 @dataclass
@@ -65,11 +64,14 @@ class ExportConfig:
 
 @dataclass
 class ExportResult:
+    """path: the bundle; digest: sha256 of its manifest.json (what a deployment pins)."""
+
     path: Path
     bytes: int
     seconds: float
     verification: dict | None
     manifest: dict = field(repr=False, default_factory=dict)
+    digest: str = ""
 
 
 class Reporter:
@@ -107,11 +109,17 @@ def _validate(cfg: ExportConfig) -> None:
         raise ClipxaiError(f"--image-size {cfg.image_size} is out of range; use 1..{MAX_IMAGE_SIZE}")
 
 
-def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> ExportResult:
-    """Load, rewrite, encode, export, verify and write one bundle (see README)."""
-    rep = reporter or Reporter()
-    start = time.perf_counter()
-    output = Path(cfg.output)
+@dataclass
+class _Plan:
+    """What the configuration resolves to, checked before anything slow runs."""
+
+    classes: list[str]
+    spec: object                 # BackboneSpec
+    choice: object               # BackboneChoice
+    mode: str | None             # feature-surgery redundancy mode (None: the method has none)
+
+
+def _plan(cfg: ExportConfig) -> _Plan:
     classes = validate_classes(cfg.classes)
     choice = resolve_backbone(cfg.backbone)
     spec = choice.spec
@@ -132,70 +140,90 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
             f"--image-size {cfg.image_size} is not a multiple of {spec.name}'s {cell} {spec.patch_size}; "
             f"try {max(spec.patch_size, round(cfg.image_size / spec.patch_size) * spec.patch_size)}"
         )
-    check_output(output, cfg.overwrite)  # fail before the slow part
+    check_output(Path(cfg.output), cfg.overwrite)  # fail before the slow part
+    return _Plan(classes, spec, choice, mode)
 
-    rep.step(f"loading {spec.name} weights: {cfg.pretrained}")
-    loaded = load_clip(choice, cfg.pretrained, cfg.cache_dir)
+
+def _encode_text(cfg: ExportConfig, plan: _Plan, model, tokenizer, rep: Reporter):
+    """(text embeddings [K, D], redundancy vector [D]) with the prompt ensemble, with a progress bar."""
+    n_prompts = (len(plan.classes) + 1) * len(TEMPLATES)
+    rep.step(f"encoding {len(plan.classes)} classes x {len(TEMPLATES)} templates (+ empty prompt)")
+    with rep.progress(n_prompts, "text") as advance:
+        text = encode_vocabulary(model, tokenizer, plan.classes, batch_size=cfg.text_batch_size, on_progress=advance)
+        redundancy = redundancy_vector(model, tokenizer, on_progress=advance)
+    return text, redundancy
+
+
+def _write_graphs(cfg: ExportConfig, staging: Path, graph_model, model, text, redundancy, rep: Reporter) -> None:
+    grid = graph_model.grid
+    rep.step(f"exporting ONNX graph (opset {cfg.opset}, {cfg.image_size}x{cfg.image_size}, grid {grid}x{grid})")
+    export_onnx(graph_model, staging / MODEL_FILE, cfg.opset, embed_dim=text.shape[1] if cfg.text_encoder else None,
+                data_file=MODEL_DATA_FILE)
+    np.save(staging / TEXT_EMBEDDINGS_FILE, text.numpy().astype(np.float32), allow_pickle=False)
+    np.save(staging / REDUNDANCY_FILE, redundancy.numpy().astype(np.float32), allow_pickle=False)
+    if cfg.text_encoder:
+        rep.step(f"exporting the text encoder (dynamic length <= {CONTEXT_LENGTH}) and the BPE vocabulary")
+        export_text_onnx(TextTowerOnnxModel(model).eval(), staging / TEXT_ENCODER_FILE, cfg.opset)
+        shutil.copyfile(open_clip.tokenizer.default_bpe(), staging / BPE_VOCAB_FILE)
+
+
+def _verify(cfg: ExportConfig, staging: Path, graph_model, loaded, tokenizer, classes, vocabulary,
+            rep: Reporter) -> dict:
+    """Max abs errors of onnxruntime against PyTorch; VerificationError above the tolerance."""
+    rep.step("verifying onnxruntime against PyTorch (batch 2)")
+    errs = verify_onnx(staging / MODEL_FILE, graph_model, loaded.mean, loaded.std, vocabulary=vocabulary)
+    verification = dict(errs, tolerance=cfg.tolerance)
+    worst = max(errs["similarity"], errs["heatmaps"])
+    if cfg.text_encoder:
+        prompts = [tpl.format(c) for c in (classes[0], "") for tpl in TEMPLATES]
+        ids = tokenizer(prompts).numpy()
+        lengths = (ids == tokenizer.eot_token_id).argmax(axis=1) + 1  # through the first end token
+        verification["text_encoder"] = verify_text_onnx(staging / TEXT_ENCODER_FILE, loaded.model, ids, lengths)
+        worst = max(worst, verification["text_encoder"])
+    if not worst <= cfg.tolerance:  # also catches NaN
+        raise VerificationError(
+            f"ONNX graph disagrees with PyTorch: max abs error similarity {errs['similarity']:.3g}, "
+            f"heatmaps {errs['heatmaps']:.3g}, text encoder {verification.get('text_encoder', 0):.3g} "
+            f"> {cfg.tolerance:g}; no bundle written"
+        )
+    return verification
+
+
+def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> ExportResult:
+    """Load, rewrite, encode, export, verify and write one bundle (docs/bundle-format.md)."""
+    rep = reporter or Reporter()
+    start = time.perf_counter()
+    plan = _plan(cfg)
+    rep.step(f"loading {plan.spec.name} weights: {cfg.pretrained}")
+    loaded = load_clip(plan.choice, cfg.pretrained, cfg.cache_dir)
     if cfg.pretrained == RANDOM:
         rep.warn("RANDOM WEIGHTS (--pretrained random): the maps of this bundle mean nothing; for tests only")
-    model = loaded.model
-    tokenizer = open_clip.get_tokenizer(spec.open_clip_name)
+    tokenizer = open_clip.get_tokenizer(plan.spec.open_clip_name)
     if cfg.text_encoder:
-        _check_clip_tokenizer(tokenizer, spec.name)
+        _check_clip_tokenizer(tokenizer, plan.spec.name)
+    text, redundancy = _encode_text(cfg, plan, loaded.model, tokenizer, rep)
 
-    n_prompts = (len(classes) + 1) * len(TEMPLATES)
-    rep.step(f"encoding {len(classes)} classes x {len(TEMPLATES)} templates (+ empty prompt)")
-    with rep.progress(n_prompts, "text") as advance:
-        text = encode_vocabulary(model, tokenizer, classes, batch_size=cfg.text_batch_size, on_progress=advance)
-        redundancy = redundancy_vector(model, tokenizer, on_progress=advance)
-
-    built = build_method_graph(cfg.method, model.visual, spec, cfg.image_size, mode)
+    built = build_method_graph(cfg.method, loaded.model.visual, plan.spec, cfg.image_size, plan.mode)
     if cfg.text_encoder:
         graph_model = built.module.eval()
         vocabulary = (text.numpy().astype(np.float32), redundancy.numpy().astype(np.float32))
     else:
         graph_model = BakedVocabulary(built.module, text, redundancy).eval()
         vocabulary = None
-    grid = graph_model.grid
 
-    with staged_bundle(output, cfg.overwrite) as staging:
-        rep.step(f"exporting ONNX graph (opset {cfg.opset}, {cfg.image_size}x{cfg.image_size}, grid {grid}x{grid})")
-        export_onnx(graph_model, staging / MODEL_FILE, cfg.opset,
-                    embed_dim=text.shape[1] if cfg.text_encoder else None)
-        np.save(staging / TEXT_EMBEDDINGS_FILE, text.numpy().astype(np.float32), allow_pickle=False)
-        np.save(staging / REDUNDANCY_FILE, redundancy.numpy().astype(np.float32), allow_pickle=False)
-        if cfg.text_encoder:
-            rep.step(f"exporting the text encoder (dynamic length <= {CONTEXT_LENGTH}) and the BPE vocabulary")
-            export_text_onnx(TextTowerOnnxModel(model).eval(), staging / TEXT_ENCODER_FILE, cfg.opset)
-            shutil.copyfile(open_clip.tokenizer.default_bpe(), staging / BPE_VOCAB_FILE)
-
+    with staged_bundle(Path(cfg.output), cfg.overwrite) as staging:
+        _write_graphs(cfg, staging, graph_model, loaded.model, text, redundancy, rep)
         verification = None
         if cfg.verify:
-            rep.step("verifying onnxruntime against PyTorch (batch 2)")
-            errs = verify_onnx(staging / MODEL_FILE, graph_model, loaded.mean, loaded.std, vocabulary=vocabulary)
-            verification = dict(errs, tolerance=cfg.tolerance)
-            worst = max(errs["similarity"], errs["heatmaps"])
-            if cfg.text_encoder:
-                prompts = [tpl.format(c) for c in (classes[0], "") for tpl in TEMPLATES]
-                ids = tokenizer(prompts).numpy()
-                lengths = (ids == tokenizer.eot_token_id).argmax(axis=1) + 1  # through the first end token
-                verification["text_encoder"] = verify_text_onnx(staging / TEXT_ENCODER_FILE, model, ids, lengths)
-                worst = max(worst, verification["text_encoder"])
-            if not worst <= cfg.tolerance:  # also catches NaN
-                raise VerificationError(
-                    f"ONNX graph disagrees with PyTorch: max abs error similarity {errs['similarity']:.3g}, "
-                    f"heatmaps {errs['heatmaps']:.3g}, text encoder {verification.get('text_encoder', 0):.3g} "
-                    f"> {cfg.tolerance:g}; no bundle written"
-                )
-        fidelity = None
-        if cfg.precision != "fp32":
-            fidelity = _lower_precision(cfg, staging, loaded, rep, vocabulary)
-        manifest = build_manifest(cfg, loaded, spec, classes, mode, grid, text.shape[1], verification,
-                                  built.pos_embed_resize)
+            verification = _verify(cfg, staging, graph_model, loaded, tokenizer, plan.classes, vocabulary, rep)
+        fidelity = _lower_precision(cfg, staging, loaded, rep, vocabulary) if cfg.precision != "fp32" else None
+        manifest = build_manifest(cfg, loaded, plan.spec, plan.classes, plan.mode, graph_model.grid, text.shape[1],
+                                  verification, built.pos_embed_resize)
         manifest["fidelity"] = fidelity
         manifest = finalize_manifest(staging, manifest)
-
-    return ExportResult(output, bundle_size(output), time.perf_counter() - start, verification, manifest)
+    output = Path(cfg.output)
+    return ExportResult(output, bundle_size(output), time.perf_counter() - start, verification, manifest,
+                        manifest_digest(output))
 
 
 def _lower_precision(cfg: ExportConfig, staging: Path, loaded, rep: Reporter, vocabulary=None) -> dict:
@@ -227,7 +255,8 @@ def _lower_precision(cfg: ExportConfig, staging: Path, loaded, rep: Reporter, vo
         if not cfg.force:
             raise VerificationError(msg + "; no bundle written (--force writes it anyway)")
         rep.warn(msg + "; writing it anyway (--force)")
-    os.replace(candidate, staging / MODEL_FILE)
+    save_graph(onnx.load(str(candidate)), staging / MODEL_FILE, MODEL_DATA_FILE)
+    candidate.unlink()
     return report
 
 
@@ -263,6 +292,7 @@ def build_manifest(cfg, loaded, spec, classes, mode, grid, embed_dim, verificati
         inputs[INPUT_REDUNDANCY] = {"dtype": "float32", "shape": [embed_dim]}
     manifest = {
         "schema_version": SCHEMA_VERSION,
+        "kind": KIND_CLIP,
         "clipxai_version": clipxai.__version__,
         "created_with": {"torch": torch.__version__, "open_clip": open_clip.__version__,
                          "onnx": onnx.__version__, "python": platform.python_version()},

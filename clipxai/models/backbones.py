@@ -22,7 +22,7 @@ class BackboneSpec:
     patch_size: pixels per cell of the token grid: the ViT patch size, or 32
         (the output stride) for a ResNet; the grid is image_size / patch_size.
     image_size: the resolution the weights were trained at.
-    surgery_blocks: how many final blocks get the surgery path (DESIGN section 3; ViTs only).
+    surgery_blocks: how many final blocks get the surgery path (docs/design.md §3; ViTs only).
     arch: "vit" or "resnet" (ModifiedResNet with an attention pool).
     """
 

@@ -1,7 +1,7 @@
 """Training-free dense CLIP methods on open_clip's ViT: vanilla, MaskCLIP, SCLIP, ClearCLIP, NACLIP.
 
 Each method changes the last block (block L-1) only; blocks 0..L-2 are plain
-CLIP (DESIGN section 3 notation, s = d^-1/2 per head, H = the block's heads):
+CLIP (docs/design.md §3 notation, s = d^-1/2 per head, H = the block's heads):
 
 - ``vanilla``:   the unmodified block.
 - ``maskclip``:  ``x + W_o·v + b_o``, then ``+ MLP(LN2(·))`` (value path alone).
@@ -21,72 +21,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from clipxai.errors import ClipxaiError
 from clipxai.models.attention import attend, class_row_attention, mlp, out_proj, plain_block, project
-from clipxai.models.surgery import check_vit_structure, resize_pos_embed
+from clipxai.models.pos_embed import pos_resizer
+from clipxai.models.surgery import check_vit_structure
 
 NACLIP_SIGMA = 5.0
-
-
-# --- positional-embedding resizing -------------------------------------------------------------
-
-def _split_pos(pos: torch.Tensor) -> tuple[torch.Tensor, int]:
-    n, c = pos.shape
-    g0 = int(round((n - 1) ** 0.5))
-    if g0 * g0 != n - 1:
-        raise ClipxaiError(f"positional embedding of {n - 1} patches is not a square grid")
-    return pos[1:].reshape(1, g0, g0, c).permute(0, 3, 1, 2), g0
-
-
-def _join_pos(pos: torch.Tensor, grid_map: torch.Tensor, grid: int) -> torch.Tensor:
-    if grid_map.shape[-2:] != (grid, grid):
-        raise ClipxaiError(f"positional-embedding resize gave a {tuple(grid_map.shape[-2:])} grid, not {grid}x{grid}")
-    patches = grid_map.permute(0, 2, 3, 1).reshape(grid * grid, pos.shape[1])
-    return torch.cat([pos[:1], patches], 0).detach()
-
-
-def resize_pos_bicubic_size(pos: torch.Tensor, grid: int) -> torch.Tensor:
-    """[1+g0², C] -> [1+grid², C]: bicubic to the target size, align_corners=False (MaskCLIP)."""
-    patches, g0 = _split_pos(pos)
-    if grid == g0:
-        return pos.detach().clone()
-    return _join_pos(pos, F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False), grid)
-
-
-def resize_pos_bicubic_scale(pos: torch.Tensor, grid: int) -> torch.Tensor:
-    """[1+g0², C] -> [1+grid², C]: bicubic by scale factor (grid+0.1)/g0 (SCLIP, ClearCLIP, NACLIP).
-
-    The factor itself (not in/out sizes) maps output to input coordinates, so
-    the result differs from a resize to ``size=(grid, grid)``. The pretrained
-    grid is kept as is, as their references do.
-    """
-    patches, g0 = _split_pos(pos)
-    if grid == g0:
-        return pos.detach().clone()
-    factor = (grid + 0.1) / g0
-    out = F.interpolate(patches, scale_factor=(factor, factor), mode="bicubic", align_corners=False,
-                        recompute_scale_factor=False)
-    return _join_pos(pos, out, grid)
-
-
-@dataclass(frozen=True)
-class PosResize:
-    fn: Callable[[torch.Tensor, int], torch.Tensor]
-    record: dict  # manifest "pos_embed_resize", without the grids
-
-
-POS_RESIZES: dict[str, PosResize] = {
-    "bilinear": PosResize(resize_pos_embed, {"mode": "bilinear", "align_corners": False, "antialias": False}),
-    "bicubic-size": PosResize(resize_pos_bicubic_size, {"mode": "bicubic", "align_corners": False,
-                                                        "antialias": False, "target": "size"}),
-    "bicubic-scale": PosResize(resize_pos_bicubic_scale, {"mode": "bicubic", "align_corners": False,
-                                                          "antialias": False, "target": "scale_factor",
-                                                          "scale_factor": "(to_grid + 0.1) / from_grid",
-                                                          "recompute_scale_factor": False}),
-}
 
 
 # --- the last block of each method ---------------------------------------------------------------
@@ -132,17 +74,16 @@ def _naclip(blk, x, omega):
 @dataclass(frozen=True)
 class DenseMethod:
     last_block: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]
-    pos_resize: str            # key of POS_RESIZES
     alters_last_block: bool    # False: token 0 of the method's own output is plain CLIP's
     uses_omega: bool = False
 
 
 DENSE_METHODS: dict[str, DenseMethod] = {
-    "vanilla": DenseMethod(_vanilla, "bicubic-scale", alters_last_block=False),
-    "maskclip": DenseMethod(_maskclip, "bicubic-size", alters_last_block=True),
-    "sclip": DenseMethod(_sclip, "bicubic-scale", alters_last_block=True),
-    "clearclip": DenseMethod(_clearclip, "bicubic-scale", alters_last_block=True),
-    "naclip": DenseMethod(_naclip, "bicubic-scale", alters_last_block=True, uses_omega=True),
+    "vanilla": DenseMethod(_vanilla, alters_last_block=False),
+    "maskclip": DenseMethod(_maskclip, alters_last_block=True),
+    "sclip": DenseMethod(_sclip, alters_last_block=True),
+    "clearclip": DenseMethod(_clearclip, alters_last_block=True),
+    "naclip": DenseMethod(_naclip, alters_last_block=True, uses_omega=True),
 }
 
 
@@ -168,9 +109,9 @@ class DenseViT(nn.Module):
         self.image_size = image_size
         self.patch_size = patch
         self.grid = image_size // patch
-        resize = POS_RESIZES[self.spec.pos_resize]
-        # Resized once from the ORIGINAL weights; the tower itself is never modified.
-        self.register_buffer("pos_embed", resize.fn(visual.positional_embedding, self.grid), persistent=False)
+        # Resized once from the ORIGINAL weights (as the method table says); the tower is never modified.
+        self.register_buffer("pos_embed", pos_resizer(method)(visual.positional_embedding, self.grid),
+                             persistent=False)
         omega = naclip_omega(self.grid) if self.spec.uses_omega else None
         self.register_buffer("omega", omega, persistent=False)
 
@@ -197,8 +138,3 @@ class DenseViT(nn.Module):
             dense = torch.cat([cls, dense[:, 1:]], dim=1)
         return self.visual.ln_post(dense) @ self.visual.proj
 
-
-def pos_embed_record(method: str, from_grid: int, to_grid: int) -> dict:
-    """The manifest's ``pos_embed_resize`` for a dense method (``applied``: False at the pretrained grid)."""
-    rec = POS_RESIZES[DENSE_METHODS[method].pos_resize].record
-    return {"from_grid": from_grid, "to_grid": to_grid, **rec, "applied": from_grid != to_grid}

@@ -1,4 +1,4 @@
-"""Feature surgery and grid heatmaps in torch (DESIGN section 6), batch-aware."""
+"""Feature surgery and grid heatmaps in torch (docs/design.md §6), batch-aware."""
 
 from __future__ import annotations
 

@@ -34,10 +34,10 @@ from torch import nn
 
 from clipxai.errors import ClipxaiError
 from clipxai.models.attention import attend, merge_heads, out_proj, plain_block, project
-from clipxai.models.surgery import check_image_size, check_vit_structure, embed_tokens, resize_pos_embed
+from clipxai.models.pos_embed import pos_resizer
+from clipxai.models.surgery import check_image_size, check_vit_structure, embed_tokens
 
 # Positional embeddings of grad-eclip graphs are resized with this interpolation.
-POS_EMBED_MODE = "bicubic"
 
 
 def _quick_gelu_grad(h: torch.Tensor) -> torch.Tensor:
@@ -105,7 +105,7 @@ class GradEclipViT(nn.Module):
         self.patch_size = patch
         self.grid = image_size // patch
         # Resized once from the ORIGINAL weights; the tower itself is never modified.
-        self.register_buffer("pos_embed", resize_pos_embed(visual.positional_embedding, self.grid, POS_EMBED_MODE),
+        self.register_buffer("pos_embed", pos_resizer("grad-eclip")(visual.positional_embedding, self.grid),
                              persistent=False)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,7 +30,8 @@ from pathlib import Path
 import open_clip
 import torch
 
-from clipxai.contract import OPENAI_MEAN, OPENAI_STD, sha256_file
+from clipxai.contract import OPENAI_MEAN, OPENAI_STD
+from clipxai.common.files import sha256_file
 from clipxai.errors import WeightsError, WeightsUnavailableError
 from clipxai.models.backbones import BackboneChoice
 

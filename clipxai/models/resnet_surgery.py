@@ -1,10 +1,10 @@
-"""CLIP Surgery on open_clip's ModifiedResNet (DESIGN section 3, ResNet backbones).
+"""CLIP Surgery on open_clip's ModifiedResNet (docs/design.md §3, ResNet backbones).
 
 The attention pool becomes one v-v self-attention over the mean token and the
 g×g spatial tokens: q, k and v are all ``v_proj(x)``, per head with the pool's
 head count and s = d^-1/2 (no L2-normalisation), output through ``c_proj``.
 The pool's positional embedding is resized bilinearly from the pretrained grid
-(DESIGN section 4). ``SurgeryResNet`` calls the tower's own modules; nothing is
+(docs/design.md §4). ``SurgeryResNet`` calls the tower's own modules; nothing is
 copied or modified.
 
 Token 0 (the mean token): in the reference both of its attention paths give the
@@ -23,7 +23,7 @@ from torch import nn
 
 from clipxai.errors import ClipxaiError
 from clipxai.models.attention import attend, merge_heads, split_heads
-from clipxai.models.surgery import resize_pos_embed
+from clipxai.models.pos_embed import resize_pos_embed
 
 RESNET_STRIDE = 32  # pixels per cell of the attention pool's token grid
 

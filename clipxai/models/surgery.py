@@ -1,4 +1,4 @@
-"""CLIP Surgery on open_clip's ViT (DESIGN sections 3 and 4).
+"""CLIP Surgery on open_clip's ViT (docs/design.md §3 and §4).
 
 ``SurgeryViT`` wraps an open_clip ``VisionTransformer`` without copying or
 forking it: it calls the tower's own modules with explicit attention and adds
@@ -8,11 +8,11 @@ the surgery path through the last blocks.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
 from clipxai.errors import ClipxaiError
+from clipxai.models.pos_embed import resize_pos_embed
 from clipxai.models.attention import attend, class_row_attention, mlp, out_proj, plain_block, project
 
 
@@ -43,26 +43,6 @@ def check_vit_structure(visual: nn.Module) -> None:
             "unsupported open_clip ViT structure (" + "; ".join(problems)
             + "); clipxai supports open_clip>=3.0,<3.4 CLIP ViTs"
         )
-
-
-def resize_pos_embed(pos: torch.Tensor, grid: int, mode: str = "bilinear") -> torch.Tensor:
-    """Resize [1 + g0², C] positional embeddings to [1 + grid², C].
-
-    Patch embeddings are resized from the original grid with ``mode``
-    interpolation ("bilinear" or "bicubic"; half-pixel centres,
-    align_corners=False, no antialias); the class-token embedding is kept.
-    Never modifies ``pos``.
-    """
-    n, c = pos.shape
-    g0 = int(round((n - 1) ** 0.5))
-    if g0 * g0 != n - 1:
-        raise ClipxaiError(f"positional embedding of {n - 1} patches is not a square grid")
-    if grid == g0:
-        return pos.detach().clone()
-    patches = pos[1:].reshape(1, g0, g0, c).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches, size=(grid, grid), mode=mode, align_corners=False, antialias=False)
-    patches = patches.permute(0, 2, 3, 1).reshape(grid * grid, c)
-    return torch.cat([pos[:1], patches], 0).detach()
 
 
 def embed_tokens(visual: nn.Module, pos_embed: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Text side (DESIGN section 5): prompt ensemble and redundancy vector.
+"""Text side (docs/design.md §5): prompt ensemble and redundancy vector.
 
 The text tower is run through open_clip's own modules with explicit attention.
 Batches are cut to their longest real sequence:

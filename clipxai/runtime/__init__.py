@@ -7,6 +7,8 @@
 """
 
 from clipxai.runtime.bundle import Bundle, load_bundle
-from clipxai.runtime.predictor import Prediction, Predictor
+from clipxai.runtime.prediction import Prediction
+from clipxai.runtime.predictor import Predictor
+from clipxai.runtime.sessions import NvidiaOptions
 
-__all__ = ["Bundle", "Prediction", "Predictor", "load_bundle"]
+__all__ = ["Bundle", "NvidiaOptions", "Prediction", "Predictor", "load_bundle"]

@@ -1,4 +1,4 @@
-"""Postprocessing in numpy (DESIGN section 6): upsampling, segmentation, SAM points.
+"""Postprocessing in numpy (docs/design.md §6): upsampling, segmentation, SAM points.
 
 Bilinear resizing uses half-pixel centres and edge clamping, equal to torch's
 ``interpolate(mode="bilinear", align_corners=False)`` without antialias, in
@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from clipxai.errors import ClipxaiError
-from clipxai.runtime.threads import blas_single_thread
+from clipxai.runtime.cpu.threads import blas_single_thread
 
 
 # Inputs with a side above this are resized by two-tap gathers instead of dense matrices.
@@ -81,6 +81,21 @@ def resize_bilinear(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     cols = (m @ aw.T).reshape(b, h, width).transpose(1, 0, 2).reshape(h, b * width)  # [h, B*W]
     out = (ah @ cols).reshape(height, b, width).transpose(1, 0, 2)      # [B, H, W]
     return np.ascontiguousarray(out).reshape(*lead, height, width)
+
+
+@blas_single_thread()
+def resize_rows(grid_map: np.ndarray, height: int, width: int, r0: int, r1: int) -> np.ndarray:
+    """Rows r0:r1 of ``resize_bilinear(grid_map, height, width)``: float32 [r1 - r0, width].
+    grid_map: [h, w]. Memory stays at the rows asked for."""
+    h, w = grid_map.shape
+    m = np.asarray(grid_map, np.float32)
+    if max(h, w) > DENSE_MAX:
+        i0, i1, w1 = resize_taps(h, height)
+        top = _taps_axis(m[i0[r0:r1]], 1, width)
+        bottom = _taps_axis(m[i1[r0:r1]], 1, width)
+        wr = w1[r0:r1, None]
+        return top * (1.0 - wr) + bottom * wr
+    return resize_matrix(h, height)[r0:r1] @ (m @ resize_matrix(w, width).T)
 
 
 @blas_single_thread()
@@ -161,7 +176,7 @@ def max_probability(logits: np.ndarray, logit_scale: float) -> np.ndarray:
 @blas_single_thread()
 def points_from_map(grid_map: np.ndarray, height: int, width: int, threshold: float = 0.8,
                     down_sample: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """SAM point prompts from one class's grid heatmap [gh, gw] (DESIGN section 6).
+    """SAM point prompts from one class's grid heatmap [gh, gw] (docs/design.md §6).
 
     Downsample by ``down_sample`` (bilinear) to [max(gh // d, 1), max(gw // d, 1)],
     min-max normalise, n = min(#cells >= threshold, cells // 2): the n highest

@@ -1,4 +1,4 @@
-"""Image loading and CLIP preprocessing (DESIGN section 7), numpy + Pillow only.
+"""Image loading and CLIP preprocessing (docs/design.md §7), numpy + Pillow only.
 
 Preprocessing matches torchvision's ``Resize((S, S), BICUBIC)`` on a PIL image,
 ``ToTensor`` and ``Normalize``: the whole image is resized to S×S (no centre

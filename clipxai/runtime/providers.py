@@ -18,8 +18,7 @@ from typing import Sequence, Union
 import onnxruntime as ort
 
 from clipxai.errors import ClipxaiError
-from clipxai.runtime import graph_cache as gc
-from clipxai.runtime.memory import large_blocks_returned
+from clipxai.runtime.cpu.memory import large_blocks_returned
 
 log = logging.getLogger("clipxai")
 
@@ -40,9 +39,6 @@ class SessionOptions:
     threads: int | None = None
     trt_fp16: bool = False
     trt_cache_dir: str | None = None
-    graph_cache: bool | str = True    # CPU: cache the optimized, prepacked graph: True/"background", "sync",
-                                      # False/"off" (see graph_cache.py; True defers to $CLIPXAI_GRAPH_CACHE)
-    cache_dir: str | None = None      # root of clipxai's caches (default ~/.cache/clipxai)
 
 
 def resolve_providers(providers: ProviderSpec, options: SessionOptions = SessionOptions()) -> list:
@@ -91,10 +87,18 @@ def resolve_providers(providers: ProviderSpec, options: SessionOptions = Session
     return out
 
 
-def _session_options(options: SessionOptions) -> ort.SessionOptions:
+def max_threads() -> int:
+    """The most intra-op threads a session may ask for: 4 x the CPU cores."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def session_options(options: SessionOptions) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    if options.threads:
+    if options.threads is not None:
+        if not 1 <= options.threads <= max_threads():
+            raise ClipxaiError(f"threads={options.threads} is out of range: use 1 to {max_threads()} "
+                               f"(4 x this machine's {os.cpu_count()} cores), or leave it out for one per core")
         so.intra_op_num_threads = int(options.threads)
     so.inter_op_num_threads = 1  # the graph is one chain: no parallel branches to run
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -107,7 +111,7 @@ def _session_options(options: SessionOptions) -> ort.SessionOptions:
     return so
 
 
-def _open(path: Path, so: ort.SessionOptions, resolved: list) -> ort.InferenceSession:
+def open_graph(path: Path, so: ort.SessionOptions, resolved: list) -> ort.InferenceSession:
     try:
         with large_blocks_returned():  # memory.py: freed weights go back to the system
             return ort.InferenceSession(str(path), so, providers=resolved)
@@ -116,64 +120,20 @@ def _open(path: Path, so: ort.SessionOptions, resolved: list) -> ort.InferenceSe
         raise ClipxaiError(f"{path}: onnxruntime could not load the graph ({first[:300]})")
 
 
-def _open_cached(model_path: Path, model_sha256: str, options: SessionOptions, resolved: list,
-                 mode: str) -> ort.InferenceSession:
-    """CPU: open the cached optimized graph; on a miss, open the bundle's graph and fill the cache
-    in a background process (mode "background") or while loading (mode "sync")."""
-    root = gc.cache_root(options.cache_dir)
-    key = gc.cache_key(model_sha256, CPU)
-    cached = gc.lookup(root, key)
-    if cached is not None:
-        try:
-            sess = _open(cached, _session_options(options), resolved)
-            log.info("loaded the optimized graph from %s", cached.parent)
-            return sess
-        except ClipxaiError as e:
-            log.warning("discarding an unreadable graph cache entry %s (%s)", cached.parent, e)
-            gc.discard(cached.parent)
-    if mode == "background":
-        sess = _open(model_path, _session_options(options), resolved)
-        try:
-            proc = gc.start_background_build(model_path, model_sha256, root)
-        except OSError as e:
-            log.warning("could not start filling the graph cache in %s (%s); loading without it", root, e)
-        else:
-            if proc is not None:
-                log.info("filling the graph cache in %s in the background (pid %d); later loads are faster",
-                         root / "graphs", proc.pid)
-        return sess
-    try:  # "sync": fill the entry now (attention fused and checked, graph_cache.build), then open it
-        entry = gc.build(model_path, model_sha256, root, threads=int(options.threads or os.cpu_count() or 1))
-    except OSError as e:
-        log.warning("graph cache %s is not writable (%s); loading without it", root, e)
-        entry = None
-    cached = gc.lookup(root, key) if entry is not None else None
-    if cached is None:  # not writable, or another process is filling it right now
-        return _open(model_path, _session_options(options), resolved)
-    log.info("cached the optimized graph in %s (next loads are faster)", root / "graphs")
-    return _open(cached, _session_options(options), resolved)
+def first_provider(resolved: list) -> str:
+    return resolved[0][0] if isinstance(resolved[0], tuple) else resolved[0]
 
 
 def create_session(model_path: Path, providers: ProviderSpec = "auto",
-                   options: SessionOptions = SessionOptions(),
-                   model_sha256: str | None = None) -> ort.InferenceSession:
+                   options: SessionOptions = SessionOptions(), opener=None) -> ort.InferenceSession:
     """An InferenceSession whose first provider is really the one asked for.
 
-    With the CPU provider first and ``model_sha256`` given, the optimized graph
-    is cached (``options.graph_cache``; see clipxai.runtime.graph_cache).
+    opener(model_path, onnxruntime options, resolved providers) opens it (default ``open_graph``;
+    sessions.py passes the CPU graph cache's).
     """
     resolved = resolve_providers(providers, options)
-    wanted = resolved[0][0] if isinstance(resolved[0], tuple) else resolved[0]
-    try:
-        mode = gc.resolve_mode(options.graph_cache)
-    except ValueError as e:
-        raise ClipxaiError(str(e))
-    if mode == "background" and not gc.background_supported():
-        mode = "sync"
-    if mode != "off" and model_sha256 and wanted == CPU:
-        sess = _open_cached(Path(model_path), model_sha256, options, resolved, mode)
-    else:
-        sess = _open(Path(model_path), _session_options(options), resolved)
+    wanted = first_provider(resolved)
+    sess = (opener or open_graph)(Path(model_path), session_options(options), resolved)
     if sess.get_providers()[0] != wanted:
         raise ClipxaiError(
             f"onnxruntime could not start {wanted} (it fell back to {sess.get_providers()[0]}); "

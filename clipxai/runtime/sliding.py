@@ -38,8 +38,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from clipxai.contract import OUTPUT_SCORES, OUTPUT_SIMILARITY
 from clipxai.errors import ClipxaiError
 from clipxai.runtime.postprocess import resize_bilinear
+from clipxai.runtime.prediction import Prediction
+from clipxai.runtime.preprocess import preprocess
 
 # run(windows float32 [B, 3, S, S]) -> (similarity [B, N, K], scores [B, K])
 RunWindows = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -139,10 +142,6 @@ def slide_logits(image: np.ndarray, run: RunWindows, window: int, grid: int, str
 
 def slide_prediction(predictor, img: Image.Image, stride: int, short_side: int, batch_size: int = 8):
     """``Predictor.predict_slide`` on an RGB PIL image -> Prediction (module docstring)."""
-    from clipxai.contract import OUTPUT_SCORES, OUTPUT_SIMILARITY
-    from clipxai.runtime.predictor import Prediction
-    from clipxai.runtime.preprocess import preprocess
-
     bundle = predictor.bundle
     s, g = bundle.image_size, bundle.grid_size
     check_slide(stride, short_side, s)

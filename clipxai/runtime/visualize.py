@@ -1,26 +1,63 @@
-"""Pictures: JET heatmap overlays (like the paper's figures) and a legended segmentation."""
+"""Pictures: JET heatmap overlays (like the paper's figures) and a legended segmentation.
+
+Large images are drawn in bands of ``BAND_ROWS`` rows: no full-size float
+array is ever made, so the memory a picture needs is its own pixels plus a
+band. Measured for a 79-megapixel PNG with 5 classes: see docs/performance.md.
+"""
 
 from __future__ import annotations
 
 import colorsys
+from typing import Callable, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+BAND_ROWS = 256
+Rows = Callable[[int, int], np.ndarray]  # (r0, r1) -> float32 [r1 - r0, W] in [0, 1]
+MapLike = Union[np.ndarray, Rows]
+
 
 def jet(values: np.ndarray) -> np.ndarray:
-    """[H, W] in [0, 1] -> uint8 [H, W, 3] RGB, the classic JET colour map."""
+    """[...] in [0, 1] -> uint8 [..., 3] RGB, the classic JET colour map."""
     v = np.clip(values, 0.0, 1.0)[..., None] * 4.0
     centres = np.array([3.0, 2.0, 1.0], np.float32)  # R, G, B
     rgb = np.clip(1.5 - np.abs(v - centres), 0.0, 1.0)
     return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
-def overlay(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.6) -> Image.Image:
-    """Blend a JET-coloured heatmap [H, W] over the RGB image: (1 - alpha)·image + alpha·jet."""
-    base = np.asarray(image.convert("RGB"), np.float32)
-    mixed = (1.0 - alpha) * base + alpha * jet(heatmap).astype(np.float32)
-    return Image.fromarray(np.clip(mixed + 0.5, 0, 255).astype(np.uint8), "RGB")
+def _rows(heatmap: MapLike) -> Rows:
+    if callable(heatmap):
+        return heatmap
+    return lambda r0, r1: heatmap[r0:r1]
+
+
+def _bands(image: Image.Image, draw_band: Callable[[np.ndarray, int, int], np.ndarray]) -> Image.Image:
+    """A new RGB image of ``image``'s size, drawn band by band: draw_band(pixels uint8 [h, W, 3], r0, r1)
+    -> uint8 [h, W, 3]."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    out = Image.new("RGB", rgb.size)
+    for r0 in range(0, rgb.height, BAND_ROWS):
+        r1 = min(r0 + BAND_ROWS, rgb.height)
+        band = np.asarray(rgb.crop((0, r0, rgb.width, r1)))
+        out.paste(Image.fromarray(draw_band(band, r0, r1), "RGB"), (0, r0))
+    return out
+
+
+def _blend(base: np.ndarray, top: np.ndarray, alpha) -> np.ndarray:
+    """(1 - alpha)·base + alpha·top, rounded, uint8 (alpha a number or [h, W, 1])."""
+    mixed = base.astype(np.float32) * (1.0 - alpha) + top.astype(np.float32) * alpha
+    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+
+
+def overlay(image: Image.Image, heatmap: MapLike, alpha: float = 0.6) -> Image.Image:
+    """Blend a JET-coloured heatmap over the RGB image: (1 - alpha)·image + alpha·jet(heatmap).
+
+    heatmap: float [H, W] in [0, 1], or a function (r0, r1) -> its rows r0:r1 (so that a
+    full-size map need never exist, e.g. ``lambda a, b: prediction.heatmap_rows(k, a, b)``).
+    """
+    rows = _rows(heatmap)
+    return _bands(image, lambda band, r0, r1: _blend(band, jet(rows(r0, r1)), alpha))
 
 
 def palette(k: int) -> np.ndarray:
@@ -34,38 +71,46 @@ def palette(k: int) -> np.ndarray:
     return np.array(cols, np.uint8).reshape(k, 3)
 
 
+def tint(image: Image.Image, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.55) -> Image.Image:
+    """Each pixel with a label >= 0 blended with its colour; -1 left as it is.
+    labels: int [H, W]; colours: uint8 [n, 3] indexed by label."""
+    def band(pixels, r0, r1):
+        lab = labels[r0:r1, :, None]
+        top = np.where(lab >= 0, colours[np.maximum(lab[..., 0], 0)], pixels)
+        return _blend(pixels, top, np.where(lab >= 0, np.float32(alpha), np.float32(0.0)))
+    return _bands(image, band)
+
+
+def legend(body: Image.Image, entries: list[tuple[tuple[int, int, int], str]]) -> Image.Image:
+    """``body`` with a white panel on its right listing (colour, text) entries."""
+    font = ImageFont.load_default()
+    row = 18
+    probe = ImageDraw.Draw(body)
+    text_w = max((probe.textlength(t, font=font) for _, t in entries), default=0)
+    canvas = Image.new("RGB", (body.width + int(text_w) + 40, max(body.height, row * len(entries) + 12)),
+                       (255, 255, 255))
+    canvas.paste(body, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, (colour, text) in enumerate(entries):
+        y = 6 + i * row
+        draw.rectangle([body.width + 8, y + 2, body.width + 22, y + 14], fill=colour, outline=(0, 0, 0))
+        draw.text((body.width + 28, y + 2), text, fill=(0, 0, 0), font=font)
+    return canvas
+
+
 def segmentation_image(image: Image.Image, labels: np.ndarray, classes: list[str],
                        alpha: float = 0.55) -> Image.Image:
-    """The image with each pixel tinted by its class, and a legend of the classes present.
+    """The image with each pixel tinted by its class, and a legend of the classes present (largest first).
 
     labels: int32 [H, W], -1 for background (shown untinted, listed as 'background').
     """
     cols = palette(len(classes))
-    base = np.asarray(image.convert("RGB"), np.float32)
-    tint = np.where(labels[..., None] >= 0, cols[np.maximum(labels, 0)], base).astype(np.float32)
-    a = np.where(labels[..., None] >= 0, alpha, 0.0)
-    body = Image.fromarray(np.clip((1 - a) * base + a * tint + 0.5, 0, 255).astype(np.uint8), "RGB")
-
-    present, counts = np.unique(labels, return_counts=True)
-    order = present[np.argsort(-counts)]
+    counts = np.bincount(labels.ravel() + 1, minlength=len(classes) + 1)  # index 0: background
     total = labels.size
-    font = ImageFont.load_default()
-    row = 18
-    entries = [(int(c), f"{classes[c] if c >= 0 else 'background'}  {100.0 * counts[present == c][0] / total:.1f}%")
-               for c in order]
-    probe = ImageDraw.Draw(body)
-    text_w = max((probe.textlength(t, font=font) for _, t in entries), default=0)
-    panel_w = int(text_w) + 40
-    height = max(body.height, row * len(entries) + 12)
-    canvas = Image.new("RGB", (body.width + panel_w, height), (255, 255, 255))
-    canvas.paste(body, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for i, (c, text) in enumerate(entries):
-        y = 6 + i * row
-        colour = tuple(int(v) for v in cols[c]) if c >= 0 else (0, 0, 0)
-        draw.rectangle([body.width + 8, y + 2, body.width + 22, y + 14], fill=colour, outline=(0, 0, 0))
-        draw.text((body.width + 28, y + 2), text, fill=(0, 0, 0), font=font)
-    return canvas
+    entries = [(tuple(int(v) for v in cols[c - 1]) if c else (0, 0, 0),
+                f"{classes[c - 1] if c else 'background'}  {100.0 * counts[c] / total:.1f}%")
+               for c in np.argsort(-counts, kind="stable") if counts[c]]
+    return legend(tint(image, labels, cols, alpha), entries)
 
 
 def stamp(image: Image.Image, text: str) -> Image.Image:

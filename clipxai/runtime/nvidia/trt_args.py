@@ -1,6 +1,6 @@
 """Bundle manifest -> trtexec arguments (torch-free; used by jetson/build_engine.sh).
 
-    python -m clipxai.runtime.trt_args BUNDLE [--precision fp16] [--max-batch 4] [--emit args]
+    python -m clipxai.runtime.cli.trt_args BUNDLE [--precision fp16] [--max-batch 4] [--emit args]
 
 Shapes come from the manifest (input ``image`` [batch, 3, S, S]; a dynamic batch
 gets a min/opt/max optimisation profile), the precision from the manifest
@@ -18,17 +18,16 @@ override); ``--fp32-layers a,b`` pins exactly the named layers.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
-
 from clipxai.contract import INPUT_IMAGE, MODEL_FILE
+from clipxai.common.cache import FILE_MODE
+from clipxai.common.files import atomic_write_text, sha256_file
 from clipxai.errors import ClipxaiError
-from clipxai.runtime import engine_cache
-from clipxai.runtime.onnx_nodes import Node, read_nodes
+from clipxai.runtime.nvidia import engine_cache
+from clipxai.runtime.onnx_wire import Node, read_nodes
 
 FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceL2", "ReduceSumSquare", "ReduceMin",
             "ReduceMax", "LpNormalization", "Pow", "Sqrt", "Div", "Sub")
@@ -130,50 +129,30 @@ def plan_from_manifest(manifest: dict, onnx_path: str | Path, precision: str | N
     return BuildPlan(Path(onnx_path), target, s, lo, opt, hi, pinned)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("bundle", type=click.Path())
-@click.option("--precision", type=click.Choice(engine_cache.ENGINE_PRECISIONS), default=None,
-              help="Engine precision (default: the bundle's; fp16 may lower an fp32 bundle).")
-@click.option("--min-batch", type=click.IntRange(1), default=None, help="Smallest batch [1].")
-@click.option("--opt-batch", type=click.IntRange(1), default=None, help="Batch TensorRT tunes for [min-batch].")
-@click.option("--max-batch", type=click.IntRange(1), default=None, help="Largest batch [4].")
-@click.option("--fp32-layers", default="auto", show_default=True,
-              help="auto (LayerNorm, softmax, normalisations), none, or comma-separated layer names.")
-@click.option("--engine-root", type=click.Path(file_okay=False), default=None,
-              help="Engine folder root [BUNDLE/engines, or the user cache if the bundle is read-only].")
-@click.option("--emit", type=click.Choice(["args", "engine-dir", "record"]), default="args", show_default=True,
-              help="args: trtexec arguments, one a line; engine-dir: create and print the key's folder; "
-                   "record: write engine.json there after a successful build.")
-@click.option("--trt-version", default=None, help="Override the detected TensorRT version (cross-checks only).")
-@click.option("--gpu", "gpu_label", default=None, help="Override the detected GPU label (cross-checks only).")
-def main(bundle, precision, min_batch, opt_batch, max_batch, fp32_layers, engine_root, emit, trt_version, gpu_label):
-    """Print trtexec arguments for BUNDLE, or the engine folder for this machine's key."""
+def emit(bundle_path: str | Path, what: str, precision: str | None = None, min_batch: int | None = None,
+         opt_batch: int | None = None, max_batch: int | None = None, fp32_layers: str = "auto",
+         engine_root: str | Path | None = None, trt_version: str | None = None,
+         gpu_label: str | None = None) -> str:
+    """What ``build_engine.sh`` asks for, as text. what: "args" (trtexec arguments, one a line),
+    "engine-dir" (create and name the key's folder), "record" (write engine.json, with the
+    engine's sha256, after a successful build; name the engine)."""
     from clipxai.runtime.bundle import load_bundle
-    try:
-        b = load_bundle(bundle)
-        plan = plan_from_manifest(b.manifest, b.path / MODEL_FILE, precision, min_batch, opt_batch, max_batch,
-                                  fp32_layers)
-        if emit == "args":
-            click.echo("\n".join(plan.trtexec_args()))
-            return
-        key = engine_cache.current_key(b, engine_cache.TRTEXEC, plan.precision, trt_version=trt_version,
-                                       gpu_label=gpu_label)
-        root = Path(engine_root) if engine_root else engine_cache.default_root(b)
-        if emit == "engine-dir":
-            click.echo(str(engine_cache.key_dir(root, key)))
-            return
-        d = root / key.slug()
-        if not (d / engine_cache.ENGINE_FILE).is_file() or not engine_cache.matches(d, key):
-            raise ClipxaiError(f"{d}: no engine for this key to record; run build_engine.sh")
-        record = {"key": key.as_dict(), "trtexec_args": plan.trtexec_args(), "min_batch": plan.min_batch,
-                  "opt_batch": plan.opt_batch, "max_batch": plan.max_batch, "fp32_layers": len(plan.fp32_layers),
-                  "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (d / "engine.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-        click.echo(str(d / engine_cache.ENGINE_FILE))
-    except ClipxaiError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()
+    b = load_bundle(bundle_path)
+    plan = plan_from_manifest(b.manifest, b.path / MODEL_FILE, precision, min_batch, opt_batch, max_batch,
+                              fp32_layers)
+    if what == "args":
+        return "\n".join(plan.trtexec_args())
+    key = engine_cache.current_key(b, engine_cache.TRTEXEC, plan.precision, trt_version=trt_version,
+                                   gpu_label=gpu_label)
+    root = Path(engine_root) if engine_root else engine_cache.default_root(b)
+    if what == "engine-dir":
+        return str(engine_cache.key_dir(root, key))
+    d = root / key.slug()
+    if not (d / engine_cache.ENGINE_FILE).is_file() or not engine_cache.matches(d, key):
+        raise ClipxaiError(f"{d}: no engine for this key to record; run build_engine.sh")
+    record = {"key": key.as_dict(), "engine_sha256": sha256_file(d / engine_cache.ENGINE_FILE),
+              "trtexec_args": plan.trtexec_args(), "min_batch": plan.min_batch,
+              "opt_batch": plan.opt_batch, "max_batch": plan.max_batch, "fp32_layers": len(plan.fp32_layers),
+              "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_text(d / engine_cache.RECORD_FILE, json.dumps(record, indent=2), mode=FILE_MODE)
+    return str(d / engine_cache.ENGINE_FILE)

@@ -11,21 +11,25 @@ from another device fails or, worse, misbehaves. So every engine lives in
 with a ``key.json`` holding the full key. onnxruntime only ever gets the
 directory of the current key (so a stale or foreign engine is rebuilt, never
 loaded), and a directory whose ``key.json`` disagrees with its name's key is
-emptied before use. ``root`` is ``BUNDLE/engines`` when the bundle directory is
-writable, else ``~/.cache/clipxai/engines/<model sha256[:16]>`` (or a folder the
-user names).
+emptied before use. ``root`` is the user cache,
+``<cache root>/engines/<graph digest[:16]>`` (clipxai.common.cache), or a folder
+the user names: never the bundle, which is read only. Cache folders follow the
+permission rule of clipxai.common.cache (0700, refused when others may write).
+A native engine is used only when ``engine.json`` (written after a successful
+build) records its sha256 and the file still has it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from clipxai.common.cache import FILE_MODE, cache_root, private_dir
+from clipxai.common.files import atomic_write_text, sha256_file
 from clipxai.errors import ClipxaiError
 
 log = logging.getLogger("clipxai")
@@ -34,6 +38,7 @@ ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 ENGINES_DIR = "engines"
 KEY_FILE = "key.json"
 ENGINE_FILE = "model.engine"
+RECORD_FILE = "engine.json"  # written after a successful build: the key, trtexec arguments, engine sha256
 TRTEXEC = "trtexec"
 
 
@@ -68,14 +73,14 @@ def engine_precision(bundle_precision: str, trt_fp16: bool = False) -> str:
 
 
 def model_sha256(bundle) -> str:
-    from clipxai.contract import MODEL_FILE
-    return bundle.manifest["files"][MODEL_FILE]["sha256"]
+    """The digest of the bundle's image graph (model.onnx and its weights file)."""
+    return bundle.graph_digest
 
 
 def current_key(bundle, builder: str, precision: str, device_id: int = 0,
                 trt_version: str | None = None, gpu_label: str | None = None) -> EngineKey:
     """The key for this machine (TensorRT version and GPU detected unless given)."""
-    from clipxai.runtime import gpu_info
+    from clipxai.runtime.nvidia import gpu_info
     return EngineKey(builder=builder,
                      trt_version=trt_version or gpu_info.tensorrt_version(),
                      gpu=gpu_label or gpu_info.gpu(device_id).label,
@@ -83,25 +88,16 @@ def current_key(bundle, builder: str, precision: str, device_id: int = 0,
                      model_sha256=model_sha256(bundle))
 
 
-def user_cache_root() -> Path:
-    base = os.environ.get("CLIPXAI_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "clipxai")
-    return Path(base) / ENGINES_DIR
-
-
-def default_root(bundle) -> Path:
-    """BUNDLE/engines if the bundle directory is writable, else the user cache (per model digest)."""
-    inside = Path(bundle.path) / ENGINES_DIR
-    if os.access(inside if inside.is_dir() else bundle.path, os.W_OK):
-        return inside
-    return user_cache_root() / model_sha256(bundle)[:16]
+def default_root(bundle, cache_dir: str | Path | None = None) -> Path:
+    """The user cache's engine folder for this bundle's graph (never inside the bundle)."""
+    return cache_root(cache_dir) / ENGINES_DIR / model_sha256(bundle)[:16]
 
 
 def key_dir(root: str | Path, key: EngineKey, create: bool = True) -> Path:
     """The directory for ``key`` under ``root``; a directory holding another key's files is emptied."""
     d = Path(root) / key.slug()
     want = key.as_dict()
-    if d.is_dir():
+    if d.is_dir() and not d.is_symlink():
         try:
             have = json.loads((d / KEY_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -111,12 +107,11 @@ def key_dir(root: str | Path, key: EngineKey, create: bool = True) -> Path:
                 return d
             log.warning("engine cache %s holds engines for another key (%s); rebuilding", d, have)
             shutil.rmtree(d)
-    if create and not d.is_dir():
+    if create:
         try:
-            d.mkdir(parents=True, exist_ok=True)
-            tmp = d / f".{KEY_FILE}.partial"
-            tmp.write_text(json.dumps(want, indent=2, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, d / KEY_FILE)
+            private_dir(d)
+            if not (d / KEY_FILE).is_file():
+                atomic_write_text(d / KEY_FILE, json.dumps(want, indent=2, sort_keys=True), mode=FILE_MODE)
         except OSError as e:
             raise ClipxaiError(f"cannot create the TensorRT engine cache {d} ({e}); pass a writable cache folder")
     return d
@@ -147,7 +142,7 @@ def uses_tensorrt(providers) -> bool:
 
 
 def ort_trt_cache_dir(bundle, providers, trt_cache: str | None, trt_fp16: bool,
-                      device_id: int = 0) -> str | None:
+                      device_id: int = 0, cache_dir: str | Path | None = None) -> str | None:
     """Engine cache folder for onnxruntime's TensorRT provider, or None when it is not used.
 
     trt_cache: None (default root, see module docstring), "off" (no cache: engines are
@@ -156,7 +151,7 @@ def ort_trt_cache_dir(bundle, providers, trt_cache: str | None, trt_fp16: bool,
     if trt_cache == "off" or not uses_tensorrt(providers):
         return None
     import onnxruntime as ort
-    root = default_root(bundle) if trt_cache is None else Path(trt_cache)
+    root = default_root(bundle, cache_dir) if trt_cache is None else Path(trt_cache)
     key = current_key(bundle, f"ort{ort.__version__}", engine_precision(bundle.manifest["precision"], trt_fp16),
                       device_id)
     return str(key_dir(root, key))
@@ -175,4 +170,11 @@ def find_engine(bundle, precision: str, root: str | Path | None = None, device_i
     if not matches(d, key):
         raise ClipxaiError(f"{engine}: its {KEY_FILE} does not match this machine's key; it was built elsewhere "
                            f"or for another model. Rebuild with jetson/build_engine.sh {bundle.path}")
+    try:
+        recorded = json.loads((d / RECORD_FILE).read_text(encoding="utf-8"))["engine_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = None
+    if recorded is None or sha256_file(engine) != recorded:
+        raise ClipxaiError(f"{engine}: not the engine build_engine.sh recorded in {RECORD_FILE} (changed, or its build "
+                           f"did not finish); rebuild with jetson/build_engine.sh {bundle.path}")
     return engine

@@ -20,6 +20,11 @@ top of the heap was handed back to the system and faulted in again by the
 next one. Measured: upsampling 5 maps to 640x427 took 4.4 ms instead of 0.8,
 preprocessing to 448 took 9.6 ms instead of 6.0. glibc only (Linux);
 elsewhere it does nothing.
+
+These are process-wide malloc settings of the host application. To keep the
+application's own settings, opt out with ``CLIPXAI_MALLOC_TUNING=0`` or
+``set_malloc_tuning(False)`` before loading a bundle (sessions then load with
+glibc's defaults: a higher peak memory on a first load, see above).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import os
 import platform
 from typing import Iterator
 
@@ -37,6 +43,19 @@ AFTER_THRESHOLD = 32 * 1024 * 1024  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-b
 AFTER_TRIM = 2 * AFTER_THRESHOLD    # what glibc's dynamic adjustment pairs with it
 
 _libc = None
+_enabled: bool | None = None  # None: $CLIPXAI_MALLOC_TUNING decides (on unless "0", "off", "false", "no")
+
+
+def set_malloc_tuning(enabled: bool) -> None:
+    """Turn the glibc settings on or off for this process (overrides $CLIPXAI_MALLOC_TUNING)."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def malloc_tuning() -> bool:
+    if _enabled is not None:
+        return _enabled
+    return os.environ.get("CLIPXAI_MALLOC_TUNING", "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 def _glibc():
@@ -55,7 +74,8 @@ def _glibc():
 
 @contextlib.contextmanager
 def large_blocks_returned() -> Iterator[None]:
-    libc = _glibc()
+    """Within the block, glibc serves large allocations with mmap; afterwards the module's settings."""
+    libc = _glibc() if malloc_tuning() else None
     if libc is None:
         yield
         return

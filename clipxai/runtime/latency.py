@@ -1,6 +1,6 @@
 """Latency split of the runtime: preprocessing, host-to-device, compute, device-to-host, postprocessing.
 
-    python -m clipxai.runtime.benchmark BUNDLE --providers cuda --batch 1 --batch 4 --runs 50
+    python -m clipxai.runtime.cli.latency BUNDLE --providers cuda --batch 1 --batch 4 --runs 50
 
 Every phase uses the functions ``Predictor._run`` uses, on the Predictor's own
 session: ``open_image`` + ``preprocess`` into a batch buffer; the session's
@@ -14,14 +14,10 @@ read "n/a" and compute is the whole ``session.run``. Figures are medians over
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
-import click
 import numpy as np
 
 from clipxai.contract import OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
@@ -29,8 +25,6 @@ from clipxai.errors import ClipxaiError
 
 PHASES = ("pre_ms", "h2d_ms", "compute_ms", "d2h_ms", "post_ms")
 OUTPUTS = [OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS]
-TABLE_START = "<!-- latency-table:start -->"
-TABLE_END = "<!-- latency-table:end -->"
 
 
 def time_batch(predictor, images: list) -> dict:
@@ -83,7 +77,7 @@ def describe_device(predictor) -> str:
     if provider == "CPUExecutionProvider":
         return f"CPU {platform.machine()} ({platform.processor() or 'unknown model'})"
     try:
-        from clipxai.runtime import gpu_info
+        from clipxai.runtime.nvidia import gpu_info
         return gpu_info.gpu().label
     except ClipxaiError:
         return "unknown GPU"
@@ -105,59 +99,3 @@ TABLE_HEADER = [
     "| D2H ms | post ms | total ms | img/s |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
-
-
-def write_table(readme: str | Path, lines: list[str], note: str) -> None:
-    """Replace the block between TABLE_START and TABLE_END in ``readme`` with a table of ``lines``."""
-    path = Path(readme)
-    text = path.read_text(encoding="utf-8")
-    if TABLE_START not in text or TABLE_END not in text:
-        raise ClipxaiError(f"{path}: no {TABLE_START} ... {TABLE_END} block to write the table into")
-    head, rest = text.split(TABLE_START, 1)
-    _, tail = rest.split(TABLE_END, 1)
-    block = "\n".join([TABLE_START, note, "", *TABLE_HEADER, *lines, TABLE_END])
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(head + block + tail, encoding="utf-8")
-    tmp.replace(path)
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("bundle", type=click.Path())
-@click.option("--image", type=click.Path(dir_okay=False), default=None,
-              help="Image to run [examples/rocket.jpg of a source checkout, else a 640x480 gray image].")
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
-@click.option("--providers", default="auto", show_default=True, help="onnxruntime: auto, cpu, cuda or tensorrt.")
-@click.option("--trt-fp16", is_flag=True, help="fp16 TensorRT engine from an fp32 bundle.")
-@click.option("--batch", "batches", type=click.IntRange(1), multiple=True, default=(1, 4), show_default=True)
-@click.option("--runs", type=click.IntRange(1), default=20, show_default=True)
-@click.option("--warmup", type=click.IntRange(0), default=3, show_default=True)
-@click.option("--power-mode", default="n/a", show_default=True, help="Power mode to print with the figures "
-              "(benchmark.sh passes the nvpmodel mode and jetson_clocks state).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write rows as JSON.")
-def main(bundle, image, backend, providers, trt_fp16, batches, runs, warmup, power_mode, json_out):
-    """Print the latency split of BUNDLE on this machine as a markdown table."""
-    from PIL import Image
-
-    from clipxai.runtime.predictor import Predictor
-    try:
-        p = Predictor.from_bundle(bundle, providers=providers, trt_fp16=trt_fp16, backend=backend)
-        if image is None:
-            rocket = Path(__file__).resolve().parents[2] / "examples" / "rocket.jpg"
-            image = str(rocket) if rocket.is_file() else Image.new("RGB", (640, 480), (128, 128, 128))
-        rows = benchmark(p, image, batches, runs, warmup)
-    except ClipxaiError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    precision = p.bundle.manifest["precision"] + ("->fp16 engine" if trt_fp16 else "")
-    meta = {"device": describe_device(p), "power_mode": power_mode,
-            "backend": p.provider if backend == "onnxruntime" else "tensorrt (native)",
-            "precision": precision, "image_size": p.bundle.image_size}
-    if p.provider == "CPUExecutionProvider":
-        click.echo("note: CPU provider: no device copies, H2D/D2H are n/a and compute is the whole session.run")
-    click.echo("\n".join([*TABLE_HEADER, *format_rows(rows, meta)]))
-    if json_out:
-        Path(json_out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2), encoding="utf-8")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Class names -> prompt-ensemble embeddings on the device (bundles exported with ``--text-encoder``).
 
-The same computation as the exporter (DESIGN section 5), torch-free: every
+The same computation as the exporter (docs/design.md §5), torch-free: every
 class is formatted with every template, tokenized, run through the bundle's
 text graph, each row L2-normalised, averaged per class and normalised again.
 Prompts are sorted by length and each batch is cut to its longest real
@@ -17,14 +17,14 @@ from typing import Sequence
 import numpy as np
 
 from clipxai.contract import (
-    INPUT_REDUNDANCY, INPUT_TEXT, BPE_VOCAB_FILE, CONTEXT_LENGTH, REDUNDANCY_FILE, TEXT_ENCODER_FILE, TEXT_INPUT_EOT, TEXT_INPUT_IDS,
+    INPUT_REDUNDANCY, INPUT_TEXT, BPE_VOCAB_FILE, CONTEXT_LENGTH, TEXT_ENCODER_FILE, TEXT_INPUT_EOT, TEXT_INPUT_IDS,
     TEXT_OUTPUT,
 )
 from clipxai.errors import BundleError, ClipxaiError
 from clipxai.runtime.bundle import Bundle
-from clipxai.runtime.encoding_cache import EncodingCache, default_cache_dir
+from clipxai.runtime.text.cache import EncodingCache, default_cache_dir
 from clipxai.runtime.providers import CPU, CUDA, ProviderSpec, SessionOptions, create_session
-from clipxai.runtime.tokenizer import Tokenizer
+from clipxai.runtime.text.tokenizer import Tokenizer
 from clipxai.templates import TEMPLATES
 from clipxai.vocabulary import validate_classes
 
@@ -165,7 +165,7 @@ def build_vocabulary(bundle: Bundle, encoder: TextEncoder, names: Sequence[str],
     if own:
         exported = bundle.text_embeddings()
         known = {c: exported[i] for i, c in enumerate(bundle.classes)}
-        known[""] = np.load(bundle.path / REDUNDANCY_FILE, allow_pickle=False)
+        known[""] = bundle.redundancy()
     wanted = list(classes) + [""]  # "" is the redundancy vector's class
     found: dict[str, np.ndarray] = {}
     for name in wanted:
@@ -188,8 +188,7 @@ def initial_vocabulary(bundle: Bundle) -> Vocabulary | None:
     """A text-encoder bundle starts with its exported classes; others have them baked in (None)."""
     if not has_text_encoder(bundle):
         return None
-    return Vocabulary(bundle.classes, bundle.text_embeddings().astype(np.float32),
-                      np.load(bundle.path / REDUNDANCY_FILE, allow_pickle=False).astype(np.float32), TEMPLATES)
+    return Vocabulary(bundle.classes, bundle.text_embeddings(), bundle.redundancy(), TEMPLATES)
 
 
 def vocabulary_feeds(vocabulary: Vocabulary | None) -> dict[str, np.ndarray]:

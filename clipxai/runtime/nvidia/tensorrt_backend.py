@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clipxai.common.cache import FILE_MODE
+from clipxai.common.files import atomic_write_bytes
 from clipxai.errors import ClipxaiError
 
 log = logging.getLogger("clipxai")
@@ -192,7 +194,7 @@ def open_session(bundle, engine: str | Path | None = None, trt_fp16: bool = Fals
     """A TensorRTSession for ``bundle``: ``engine`` if given, else the engine build_engine.sh wrote
     for this machine's key (TensorRT version, GPU, precision, model digest)."""
     import_tensorrt()  # a missing dependency is reported before anything else
-    from clipxai.runtime import engine_cache
+    from clipxai.runtime.nvidia import engine_cache
     if engine is None:
         precision = engine_cache.engine_precision(bundle.manifest["precision"], trt_fp16)
         engine = engine_cache.find_engine(bundle, precision, device_id=device_id)
@@ -241,9 +243,6 @@ def build_engine_python(plan, engine_path: str | Path, workspace_mb: int = 2048)
     blob = builder.build_serialized_network(network, config)
     if blob is None:
         raise ClipxaiError(f"TensorRT could not build an engine from {plan.onnx}; see the TensorRT log above")
-    engine_path = Path(engine_path)
-    tmp = engine_path.with_name(engine_path.name + ".partial")
-    tmp.write_bytes(bytes(blob))
-    tmp.replace(engine_path)
+    engine_path = atomic_write_bytes(engine_path, bytes(blob), mode=FILE_MODE)
     log.info("built %s in %.0f s", engine_path, time.perf_counter() - t)
     return engine_path

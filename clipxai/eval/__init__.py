@@ -1,0 +1,1 @@
+"""Dataset evaluation with the runtime (numpy + onnxruntime, no torch): mIoU on segmentation datasets."""

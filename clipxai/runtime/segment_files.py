@@ -1,0 +1,290 @@
+"""Segment image files into result files: what ``clipxai-segment`` does, as a typed function.
+
+For each input image, in ``out_dir``:
+
+- ``<name>_heatmap_<class>.png``: the class's heatmap over the image (unless ``overlays`` is off);
+- ``<name>_segmentation.png``: the segmentation with a legend;
+- ``<name>.json``: scores, top class, SAM points (always valid JSON: never NaN or Infinity).
+
+Names: each input keeps its path relative to the folder common to all inputs
+(``a/x.jpg`` and ``b/x.jpg`` give ``a/x...`` and ``b/x...``), and its stem, or
+its whole file name where two inputs in one folder share a stem (``x.png``
+and ``x.jpg``). A result path that would still be written twice in one run
+is an error for the second image, never an overwrite.
+
+Losing nothing: every file is written atomically (a temporary name, then a
+rename), so an interruption leaves no partial file; an image whose results
+cannot be written (a name the file system refuses, a full disk) is skipped
+and listed, and the others go on; Ctrl-C or SIGTERM stops after the current
+file with a summary of what was written.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from clipxai.common.files import atomic_write, atomic_write_text
+from clipxai.common.images import image_files
+from clipxai.errors import ClipxaiError
+
+
+@dataclass
+class SegmentJob:
+    """The settings of one ``clipxai-segment`` run (see its --help for each)."""
+
+    bundle: str
+    inputs: list[str]
+    out_dir: Path
+    classes: str | None = None
+    batch_size: int = 4
+    providers: str = "auto"
+    threads: int | None = None
+    background_threshold: float | None = None
+    slide: tuple[int | None, int | None] = (None, None)
+    logit_scale: float | None = None
+    prob_threshold: float | None = None
+    background_classes: str | None = None
+    trt_fp16: bool = False
+    trt_cache: str | None = None
+    overlays: bool = True
+    text_cache: str | None = None
+    expect_digest: str | None = None
+
+
+@dataclass
+class Summary:
+    done: list[Path] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+    remaining: int = 0
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Images, folders (their image files, sorted) and globs -> (unique files, [(input, problem)])."""
+    files: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = image_files(p)
+            if not found:
+                problems.append((item, "folder holds no image files"))
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        elif any(ch in item for ch in "*?["):
+            found = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
+            if not found:
+                problems.append((item, "pattern matches no files"))
+            files.extend(found)
+        else:
+            problems.append((item, "no such file or folder"))
+    unique = list({f.resolve(): f for f in reversed(files)}.values())[::-1]  # first occurrence wins
+    return unique, problems
+
+
+def output_names(files: list[Path]) -> dict[Path, Path]:
+    """Each input -> its result prefix relative to the output folder (module docstring)."""
+    absolute = [f.resolve() for f in files]
+    common = Path(os.path.commonpath([str(a.parent) for a in absolute])) if absolute else Path()
+    rel = [a.relative_to(common) for a in absolute]
+    stems: dict[tuple, int] = {}
+    for r in rel:
+        stems[(r.parent, r.stem)] = stems.get((r.parent, r.stem), 0) + 1
+    return {f: (r.parent / r.stem if stems[(r.parent, r.stem)] == 1 else r) for f, r in zip(files, rel)}
+
+
+def safe_name(name: str) -> str:
+    """A class name as a file-name part: runs of other characters become '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "class"
+
+
+def json_safe(value):
+    """``value`` with every non-finite float replaced by None, so the JSON is valid."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def prepare_output(out_dir: Path) -> None:
+    """Create the output folder and prove it writable, else a one-line ClipxaiError."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".clipxai-write-test-", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ClipxaiError(f"cannot write results to {out_dir} ({e.strerror or e}); choose a writable --out folder")
+
+
+def _load(job: SegmentJob):
+    from clipxai.runtime.predictor import Predictor
+    from clipxai.runtime.sessions import NvidiaOptions
+    from clipxai.vocabulary import parse_class_list
+
+    predictor = Predictor.from_bundle(job.bundle, providers=job.providers, threads=job.threads,
+                                      nvidia=NvidiaOptions(trt_fp16=job.trt_fp16, trt_cache_dir=job.trt_cache),
+                                      background_threshold=job.background_threshold, digest=job.expect_digest)
+    background = parse_class_list(job.background_classes) if job.background_classes else ()
+    predictor.set_segmentation(job.logit_scale, job.prob_threshold, background)
+    return predictor
+
+
+def _check_slide(job: SegmentJob, predictor) -> None:
+    stride, short_side = job.slide
+    if (stride is None) != (short_side is None):
+        raise ClipxaiError("--slide and --short-side go together: give both (e.g. --slide 112 --short-side 336)")
+    if stride is not None:
+        from clipxai.runtime.sliding import check_slide
+        check_slide(stride, short_side, predictor.bundle.image_size)
+
+
+def _subset(job: SegmentJob, predictor) -> list[str] | None:
+    """The classes to report: new names on a text-encoder bundle (set on the predictor), else a subset."""
+    from clipxai.runtime.text.encoder import has_text_encoder
+    from clipxai.vocabulary import parse_class_list
+    if job.classes is None:
+        return None
+    subset = parse_class_list(job.classes)
+    if has_text_encoder(predictor.bundle):  # any names: the vocabulary itself changes
+        predictor.set_classes(subset, cache=job.text_cache if job.text_cache is not None else True)
+        return None
+    unknown = [c for c in subset if c not in predictor.classes]
+    if unknown:
+        raise ClipxaiError(f"--classes: {unknown[0]!r} is not in the bundle (it has: {', '.join(predictor.classes)}); "
+                           "to name new classes on the device, export the bundle with clipxai-export --text-encoder")
+    return subset
+
+
+def run(job: SegmentJob) -> Summary:
+    """Segment every input of ``job`` into result files (module docstring); returns what happened."""
+    predictor = _load(job)
+    _check_slide(job, predictor)
+    subset = _subset(job, predictor)
+    files, failures = expand_inputs(job.inputs)
+    if not files:
+        raise ClipxaiError("no images to process: " + "; ".join(f"{i}: {w}" for i, w in failures))
+    prepare_output(job.out_dir)
+    click.echo(f"• {len(files)} image{'s' if len(files) != 1 else ''} with {Path(job.bundle)} "
+               f"({predictor.bundle.manifest['backbone']['name']}, {len(predictor.classes)} classes, "
+               f"{predictor.provider})")
+    if predictor.bundle.random_weights:
+        click.secho("WARNING: this bundle has RANDOM weights: its maps mean nothing (tests only)",
+                    fg="red", bold=True, err=True)
+    summary = Summary(failures=list(failures))
+    writer = ResultWriter(job.out_dir, predictor, output_names(files), job.overlays)
+    with click.progressbar(length=len(files), label="  segmenting", show_pos=True, file=sys.stderr) as bar:
+        try:
+            for start in range(0, len(files), job.batch_size):
+                _segment_batch(files[start:start + job.batch_size], job, predictor, subset, writer, summary)
+                bar.update(min(job.batch_size, len(files) - start))
+        except KeyboardInterrupt:
+            summary.interrupted = True
+    summary.remaining = len(files) - len(summary.done) - len(summary.failures) + len(failures)
+    return summary
+
+
+def _segment_batch(batch: list[Path], job: SegmentJob, predictor, subset, writer, summary: Summary) -> None:
+    from clipxai.runtime.preprocess import open_image
+    images = []
+    for f in batch:
+        try:
+            images.append((f, open_image(f, predictor.max_pixels)))
+        except ClipxaiError as e:
+            message = str(e)
+            summary.failures.append((str(f), message.split(": ", 1)[-1] if message.startswith(str(f)) else message))
+    if not images:
+        return
+    stride, short_side = job.slide
+    if stride is None:
+        preds = predictor.predict_batch([im for _, im in images], batch_size=len(images))
+    else:
+        preds = [predictor.predict_slide(im, stride, short_side, job.batch_size) for _, im in images]
+    for (f, im), pred in zip(images, preds):
+        if subset is not None:
+            pred = pred.select(subset)
+        try:
+            writer.write(f, im, pred)
+        except (OSError, ClipxaiError) as e:
+            summary.failures.append((str(f), f"results not written: {getattr(e, 'strerror', None) or e}"))
+        else:
+            summary.done.append(f)
+
+
+class ResultWriter:
+    """Writes one image's result files (module docstring), never the same path twice in a run."""
+
+    def __init__(self, out_dir: Path, predictor, names: dict[Path, Path], overlays: bool):
+        self.out_dir, self.predictor, self.names, self.overlays = out_dir, predictor, names, overlays
+        self.written: dict[Path, Path] = {}
+        self.random = predictor.bundle.random_weights
+
+    def _claim(self, source: Path, path: Path) -> Path:
+        other = self.written.setdefault(path, source)
+        if other is not source:
+            raise ClipxaiError(f"its result {path.name} would overwrite that of {other}; rename one of them")
+        return path
+
+    def _picture(self, source: Path, name: str, picture) -> None:
+        from clipxai.runtime.visualize import stamp
+        if self.random:
+            picture = stamp(picture, "RANDOM WEIGHTS - not a real result")
+        atomic_write(self._claim(source, self._prefix(source, name)), lambda p: picture.save(p, format="PNG"))
+
+    def _prefix(self, source: Path, suffix: str) -> Path:
+        rel = self.names[source]
+        return self.out_dir / rel.parent / f"{rel.name}{suffix}"
+
+    def write(self, source: Path, image, pred) -> None:
+        """All result files of one image, or none: a failure or an interruption removes those
+        already written for it."""
+        before = set(self.written)
+        try:
+            self._write(source, image, pred)
+        except BaseException:
+            for path in set(self.written) - before:
+                path.unlink(missing_ok=True)
+                del self.written[path]
+            raise
+
+    def _write(self, source: Path, image, pred) -> None:
+        from clipxai.runtime.visualize import overlay, segmentation_image
+        (self.out_dir / self.names[source]).parent.mkdir(parents=True, exist_ok=True)
+        if self.overlays:
+            for k, name in enumerate(pred.classes):
+                rows = (lambda kk: lambda r0, r1: pred.heatmap_rows(kk, r0, r1))(k)
+                self._picture(source, f"_heatmap_{safe_name(name)}.png", overlay(image, rows))
+        self._picture(source, "_segmentation.png", segmentation_image(image, pred.segmentation, pred.classes))
+        text = json.dumps(json_safe(self.record(source, pred)), indent=2, ensure_ascii=False, allow_nan=False)
+        atomic_write_text(self._claim(source, self._prefix(source, ".json")), text + "\n")
+
+    def record(self, source: Path, pred) -> dict:
+        manifest = self.predictor.bundle.manifest
+        points = {}
+        for k, name in enumerate(pred.classes):
+            coords, labels = pred.points(k)
+            points[name] = {"coords": coords.tolist(), "labels": labels.tolist()}
+        return {
+            "image": str(source),
+            "size": {"height": pred.size[0], "width": pred.size[1]},
+            "bundle": str(self.predictor.bundle.path),
+            "weights": (manifest.get("weights") or {}).get("source"),
+            "provider": self.predictor.provider,
+            "top_class": pred.classes[pred.top_class],
+            "scores": {name: float(s) for name, s in zip(pred.classes, pred.scores)},
+            "points": points,
+        }
