@@ -33,7 +33,7 @@ from pathlib import Path
 
 import click
 
-from clipxai.common.files import atomic_write, atomic_write_text
+from clipxai.common.files import atomic_write
 from clipxai.common.images import image_files
 from clipxai.errors import ClipxaiError
 
@@ -230,20 +230,22 @@ class ResultWriter:
 
     def __init__(self, out_dir: Path, predictor, names: dict[Path, Path], overlays: bool):
         self.out_dir, self.predictor, self.names, self.overlays = out_dir, predictor, names, overlays
-        self.written: dict[Path, Path] = {}
+        self.owner: dict[Path, Path] = {}  # result path -> the input it belongs to, this run
+        self.fresh: list[Path] = []        # files written for the image being written
         self.random = predictor.bundle.random_weights
 
-    def _claim(self, source: Path, path: Path) -> Path:
-        other = self.written.setdefault(path, source)
+    def _save(self, source: Path, path: Path, write) -> None:
+        other = self.owner.setdefault(path, source)
         if other is not source:
             raise ClipxaiError(f"its result {path.name} would overwrite that of {other}; rename one of them")
-        return path
+        atomic_write(path, write)
+        self.fresh.append(path)
 
     def _picture(self, source: Path, name: str, picture) -> None:
         from clipxai.runtime.visualize import stamp
         if self.random:
-            picture = stamp(picture, "RANDOM WEIGHTS - not a real result")
-        atomic_write(self._claim(source, self._prefix(source, name)), lambda p: picture.save(p, format="PNG"))
+            picture = stamp(picture, "RANDOM WEIGHTS - not a real result", in_place=True)  # ours: no copy
+        self._save(source, self._prefix(source, name), lambda p: picture.save(p, format="PNG"))
 
     def _prefix(self, source: Path, suffix: str) -> Path:
         rel = self.names[source]
@@ -252,13 +254,12 @@ class ResultWriter:
     def write(self, source: Path, image, pred) -> None:
         """All result files of one image, or none: a failure or an interruption removes those
         already written for it."""
-        before = set(self.written)
+        self.fresh = []
         try:
             self._write(source, image, pred)
         except BaseException:
-            for path in set(self.written) - before:
+            for path in self.fresh:
                 path.unlink(missing_ok=True)
-                del self.written[path]
             raise
 
     def _write(self, source: Path, image, pred) -> None:
@@ -270,7 +271,7 @@ class ResultWriter:
                 self._picture(source, f"_heatmap_{safe_name(name)}.png", overlay(image, rows))
         self._picture(source, "_segmentation.png", segmentation_image(image, pred.segmentation, pred.classes))
         text = json.dumps(json_safe(self.record(source, pred)), indent=2, ensure_ascii=False, allow_nan=False)
-        atomic_write_text(self._claim(source, self._prefix(source, ".json")), text + "\n")
+        self._save(source, self._prefix(source, ".json"), lambda p: p.write_text(text + "\n", encoding="utf-8"))
 
     def record(self, source: Path, pred) -> dict:
         manifest = self.predictor.bundle.manifest

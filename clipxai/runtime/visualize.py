@@ -1,8 +1,9 @@
 """Pictures: JET heatmap overlays (like the paper's figures) and a legended segmentation.
 
-Large images are drawn in bands of ``BAND_ROWS`` rows: no full-size float
-array is ever made, so the memory a picture needs is its own pixels plus a
-band. Measured for a 79-megapixel PNG with 5 classes: see docs/performance.md.
+Large images are drawn in bands of about ``BAND_PIXELS`` pixels: no
+full-size float array is ever made, so the memory a picture needs is its own
+pixels plus a band (~20 MB of temporaries). Measured for a 79-megapixel PNG
+with 5 classes: see docs/performance.md.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Callable, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-BAND_ROWS = 256
+BAND_PIXELS = 1 << 19
 Rows = Callable[[int, int], np.ndarray]  # (r0, r1) -> float32 [r1 - r0, W] in [0, 1]
 MapLike = Union[np.ndarray, Rows]
 
@@ -32,13 +33,15 @@ def _rows(heatmap: MapLike) -> Rows:
     return lambda r0, r1: heatmap[r0:r1]
 
 
-def _bands(image: Image.Image, draw_band: Callable[[np.ndarray, int, int], np.ndarray]) -> Image.Image:
-    """A new RGB image of ``image``'s size, drawn band by band: draw_band(pixels uint8 [h, W, 3], r0, r1)
-    -> uint8 [h, W, 3]."""
+def _bands(image: Image.Image, draw_band: Callable[[np.ndarray, int, int], np.ndarray],
+           out: Image.Image | None = None) -> Image.Image:
+    """``image`` redrawn band by band into ``out`` (default: a new RGB image of its size; a larger
+    canvas gets it at its top left): draw_band(pixels uint8 [h, W, 3], r0, r1) -> uint8 [h, W, 3]."""
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    out = Image.new("RGB", rgb.size)
-    for r0 in range(0, rgb.height, BAND_ROWS):
-        r1 = min(r0 + BAND_ROWS, rgb.height)
+    out = Image.new("RGB", rgb.size) if out is None else out
+    rows = max(1, BAND_PIXELS // max(rgb.width, 1))
+    for r0 in range(0, rgb.height, rows):
+        r1 = min(r0 + rows, rgb.height)
         band = np.asarray(rgb.crop((0, r0, rgb.width, r1)))
         out.paste(Image.fromarray(draw_band(band, r0, r1), "RGB"), (0, r0))
     return out
@@ -71,31 +74,44 @@ def palette(k: int) -> np.ndarray:
     return np.array(cols, np.uint8).reshape(k, 3)
 
 
-def tint(image: Image.Image, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.55) -> Image.Image:
-    """Each pixel with a label >= 0 blended with its colour; -1 left as it is.
-    labels: int [H, W]; colours: uint8 [n, 3] indexed by label."""
+def tint(image: Image.Image, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.55,
+         out: Image.Image | None = None) -> Image.Image:
+    """Each pixel with a label >= 0 blended with its colour; -1 left as it is (into ``out`` as in
+    ``_bands``). labels: int [H, W]; colours: uint8 [n, 3] indexed by label."""
     def band(pixels, r0, r1):
         lab = labels[r0:r1, :, None]
         top = np.where(lab >= 0, colours[np.maximum(lab[..., 0], 0)], pixels)
         return _blend(pixels, top, np.where(lab >= 0, np.float32(alpha), np.float32(0.0)))
-    return _bands(image, band)
+    return _bands(image, band, out)
 
 
-def legend(body: Image.Image, entries: list[tuple[tuple[int, int, int], str]]) -> Image.Image:
-    """``body`` with a white panel on its right listing (colour, text) entries."""
+LEGEND_ROW = 18
+
+
+def legend_canvas(width: int, height: int, entries: list[tuple[tuple[int, int, int], str]]) -> Image.Image:
+    """A white canvas wide enough for a ``width`` x ``height`` picture plus a panel listing the
+    (colour, text) entries on its right, the panel drawn."""
     font = ImageFont.load_default()
-    row = 18
-    probe = ImageDraw.Draw(body)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max((probe.textlength(t, font=font) for _, t in entries), default=0)
-    canvas = Image.new("RGB", (body.width + int(text_w) + 40, max(body.height, row * len(entries) + 12)),
+    canvas = Image.new("RGB", (width + int(text_w) + 40, max(height, LEGEND_ROW * len(entries) + 12)),
                        (255, 255, 255))
-    canvas.paste(body, (0, 0))
     draw = ImageDraw.Draw(canvas)
     for i, (colour, text) in enumerate(entries):
-        y = 6 + i * row
-        draw.rectangle([body.width + 8, y + 2, body.width + 22, y + 14], fill=colour, outline=(0, 0, 0))
-        draw.text((body.width + 28, y + 2), text, fill=(0, 0, 0), font=font)
+        y = 6 + i * LEGEND_ROW
+        draw.rectangle([width + 8, y + 2, width + 22, y + 14], fill=colour, outline=(0, 0, 0))
+        draw.text((width + 28, y + 2), text, fill=(0, 0, 0), font=font)
     return canvas
+
+
+def class_counts(labels: np.ndarray, k: int) -> np.ndarray:
+    """int64 [k + 1]: pixels per label of int [H, W] labels in -1..k-1 (index 0: background, -1),
+    counted a band of rows at a time."""
+    counts = np.zeros(k + 1, np.int64)
+    rows = max(1, BAND_PIXELS // max(labels.shape[1], 1))
+    for r0 in range(0, labels.shape[0], rows):
+        counts += np.bincount(labels[r0:r0 + rows].ravel() + 1, minlength=k + 1)
+    return counts
 
 
 def segmentation_image(image: Image.Image, labels: np.ndarray, classes: list[str],
@@ -105,17 +121,18 @@ def segmentation_image(image: Image.Image, labels: np.ndarray, classes: list[str
     labels: int32 [H, W], -1 for background (shown untinted, listed as 'background').
     """
     cols = palette(len(classes))
-    counts = np.bincount(labels.ravel() + 1, minlength=len(classes) + 1)  # index 0: background
+    counts = class_counts(labels, len(classes))
     total = labels.size
     entries = [(tuple(int(v) for v in cols[c - 1]) if c else (0, 0, 0),
                 f"{classes[c - 1] if c else 'background'}  {100.0 * counts[c] / total:.1f}%")
                for c in np.argsort(-counts, kind="stable") if counts[c]]
-    return legend(tint(image, labels, cols, alpha), entries)
+    return tint(image, labels, cols, alpha, out=legend_canvas(image.width, image.height, entries))
 
 
-def stamp(image: Image.Image, text: str) -> Image.Image:
-    """A red banner with ``text`` across the top (used to label random-weight results)."""
-    out = image.copy()
+def stamp(image: Image.Image, text: str, in_place: bool = False) -> Image.Image:
+    """A red banner with ``text`` across the top (used to label random-weight results); on a copy
+    unless ``in_place``."""
+    out = image if in_place else image.copy()
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()
     draw.rectangle([0, 0, out.width, 16], fill=(200, 0, 0))
