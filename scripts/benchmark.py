@@ -391,7 +391,7 @@ def bundle_mb(bundle):
     return sum(f.stat().st_size for f in Path(bundle).iterdir() if f.is_file()) / 2 ** 20
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", choices=["runtime", "torch", "ceiling"])
     ap.add_argument("--cold-only", action="store_true")
@@ -411,89 +411,55 @@ def main():
     ap.add_argument("--providers", default="cpu", help="runtime provider (cpu, cuda, tensorrt)")
     ap.add_argument("--bundle-dir", help="reuse/keep exported bundles here")
     ap.add_argument("--cache-dir", default=None, help="graph cache for the runtime workers (default: a fresh one)")
-    a = ap.parse_args()
+    return ap.parse_args()
 
+
+def run_as_worker(a) -> None:
     if a.worker == "ceiling":
         print(json.dumps({"gflops": fp32_ceiling_gflops(a.threads)}))
         return
-    if a.worker:
-        out = worker_runtime(a) if a.worker == "runtime" else worker_torch(a)
-        if a.serve:
-            return
-        out["peak_rss_mb"] = peak_rss_mb()
-        print(json.dumps(out))
+    out = worker_runtime(a) if a.worker == "runtime" else worker_torch(a)
+    if a.serve:
         return
+    out["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(out))
 
-    import onnxruntime as ort
-    import open_clip
-    from clipxai.models.backbones import resolve_backbone
 
-    given_cache = a.cache_dir
-    a.cache_dir = a.cache_dir or tempfile.mkdtemp(prefix="clipxai-bench-cache-")
-    gpu = any(p in ort.get_available_providers() for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
-    # fp32 always: the reference row takes its text embeddings from the fp32 bundle.
-    precisions = ["fp32"] + [p for p in dict.fromkeys(a.precisions) if p != "fp32" and (p != "fp16" or gpu)]
-    skipped_fp16 = "fp16" in a.precisions and not gpu
-    choice = resolve_backbone(a.backbone)
-    cfg = open_clip.get_model_config(choice.spec.open_clip_name)
-    vcfg = cfg["vision_cfg"]
-    n_classes = len(CLASSES.split(","))
+def measure_size(a, size: int, precisions: list[str], bundle_dir: Path, gflop: float):
+    """Export, first-ever load, alternated rounds and paired sets at one size -> (size, gflop, rows, sets)."""
+    bundles, first = {}, {}
+    for prec in precisions:
+        bundles[prec] = bundle_dir / f"{a.backbone.replace('/', '-')}-{size}-{prec}"
+        export(a, bundles[prec], size, prec)
+        print(f"first-ever load of {prec} at {size} ...", file=sys.stderr)
+        first[prec] = run_worker("runtime", a, bundles[prec], size, ["--cold-only"])  # starts the cache fill
+        wait_for_graph_cache(a, bundles[prec])  # the builder runs in the background: never time beside it
+    # Rounds: the reference and every runtime row back to back, again and again, so a slow
+    # spell of this shared machine hits both sides; ratios are taken within a round.
+    rounds = []
+    for r in range(a.rounds):
+        print(f"round {r + 1}/{a.rounds} at {size}: torch reference, {', '.join(precisions)} ...", file=sys.stderr)
+        row = {"torch reference": run_worker("torch", a, bundles["fp32"], size)}
+        for prec in precisions:
+            row[f"clipxai {prec}"] = run_worker("runtime", a, bundles[prec], size)
+        rounds.append(row)
+    rows = combine_rounds(rounds)
+    for prec in precisions:
+        d, f = rows[f"clipxai {prec}"], first[prec]
+        d["cold_first_ever_s"] = f["cold_import_s"] + f["cold_load_s"] + f["cold_first_s"]
+        d["first_ever_rss_mb"] = f["peak_rss_mb"]
+        d["builder_rss_mb"] = f.get("builder_rss_mb", float("nan"))
+        d["bundle_mb"] = bundle_mb(bundles[prec])
+    sets = {}
+    if a.pairs:
+        print(f"{a.pairs} paired sets at {size} ...", file=sys.stderr)
+        sets = paired(a, {"torch reference": ("torch", bundles["fp32"], size, None),
+                          KEPT: ("torch", bundles["fp32"], size, KEEP_MEMORY),
+                          **{f"clipxai {p}": ("runtime", bundles[p], size, None) for p in precisions}}, a.pairs)
+    return size, gflop, rows, sets
 
-    print(f"measuring the fp32 ceiling (onnxruntime MatMul 2048^3, {a.threads} threads) ...", file=sys.stderr)
-    ceilings = [run_worker("ceiling", a, "-", 0)["gflops"]]
-    bundle_dir = Path(a.bundle_dir or tempfile.mkdtemp(prefix="clipxai-bench-"))
-    results = []
-    try:
-        for size in a.sizes:
-            heads = vcfg["width"] // vcfg.get("head_width", 64)
-            gflop = surgery_vit_gflop(vcfg["width"], vcfg["layers"], heads, vcfg["patch_size"], size, cfg["embed_dim"],
-                                      n_classes, choice.spec.surgery_blocks, vcfg.get("mlp_ratio", 4.0))
-            bundles, first = {}, {}
-            for prec in precisions:
-                bundles[prec] = bundle_dir / f"{a.backbone.replace('/', '-')}-{size}-{prec}"
-                export(a, bundles[prec], size, prec)
-                print(f"first-ever load of {prec} at {size} ...", file=sys.stderr)
-                first[prec] = run_worker("runtime", a, bundles[prec], size, ["--cold-only"])  # starts the cache fill
-                wait_for_graph_cache(a, bundles[prec])  # the builder runs in the background: never time beside it
-            # Rounds: the reference and every runtime row back to back, again and again, so a slow
-            # spell of this shared machine hits both sides; ratios are taken within a round.
-            rounds = []
-            for r in range(a.rounds):
-                print(f"round {r + 1}/{a.rounds} at {size}: torch reference, {', '.join(precisions)} ...", file=sys.stderr)
-                row = {"torch reference": run_worker("torch", a, bundles["fp32"], size)}
-                for prec in precisions:
-                    row[f"clipxai {prec}"] = run_worker("runtime", a, bundles[prec], size)
-                rounds.append(row)
-            rows = combine_rounds(rounds)
-            for prec in precisions:
-                d = rows[f"clipxai {prec}"]
-                f = first[prec]
-                d["cold_first_ever_s"] = f["cold_import_s"] + f["cold_load_s"] + f["cold_first_s"]
-                d["first_ever_rss_mb"] = f["peak_rss_mb"]
-                d["builder_rss_mb"] = f.get("builder_rss_mb", float("nan"))
-                d["bundle_mb"] = bundle_mb(bundles[prec])
-            sets = {}
-            if a.pairs:
-                print(f"{a.pairs} paired sets at {size} ...", file=sys.stderr)
-                sets = paired(a, {"torch reference": ("torch", bundles["fp32"], size, None),
-                                  KEPT: ("torch", bundles["fp32"], size, KEEP_MEMORY),
-                                  **{f"clipxai {p}": ("runtime", bundles[p], size, None) for p in precisions}},
-                              a.pairs)
-            results.append((size, gflop, rows, sets))
-        ceilings.append(run_worker("ceiling", a, "-", 0)["gflops"])  # again at the end: the machine may drift
-    finally:  # what this run created in the temp folder (graph caches ~2x, bundles ~1x the model each)
-        for made, given in ((a.cache_dir, given_cache), (bundle_dir, a.bundle_dir)):
-            if not given:
-                shutil.rmtree(made, ignore_errors=True)
-    ceiling = max(ceilings)
 
-    print(f"\n{a.backbone} ({a.pretrained} weights), {n_classes} classes, 640x427 input, {a.threads} threads, "
-          f"median of {a.runs} runs per worker, median over {a.rounds} rounds")
-    print(f"CPU: {cpu_name()}; Python {platform.python_version()}; onnxruntime {ort.__version__}")
-    print(f"fp32 ceiling (onnxruntime MatMul 2048x2048x2048, constant B, own process): {ceiling:.1f} GFLOP/s "
-          f"(the higher of {ceilings[0]:.1f} before and {ceilings[1]:.1f} after the runs)")
-    if skipped_fp16:
-        print("fp16: no GPU provider on this machine, so no fp16 row (its fidelity is measured on the CPU at export)")
+def print_speed_table(results, ceiling: float) -> None:
     print("\nimage -> heatmaps (preprocessing, graph, upsampling to 640x427); GFLOP/s and % of the ceiling are "
           "for the graph alone (model FLOPs / graph time; int8 counts the same FLOPs)\n")
     print("| size | GFLOP/img | pipeline | batch | ms / batch | img/s | graph ms | GFLOP/s | % ceiling | "
@@ -509,6 +475,9 @@ def main():
                 print(f"| {size} | {gflop:.1f} | {name} | {bs} | {total:.1f} | {1000 * bs / total:.2f} | "
                       f"{infer:.1f} | {gfs:.1f} | {100 * gfs / ceiling:.0f}% | "
                       f"{'—' if name == 'torch reference' else f'**{ratio:.2f}×** ({low:.2f}–{high:.2f})'} |")
+
+
+def print_memory_table(results) -> None:
     print("\nbatch 1 in parts, memory and cold start (import / load / first image; first ever = with an empty "
           "graph cache, which a background process then fills: the cache builder's own peak is the last column)\n")
     print("| size | pipeline | pre ms | graph ms | post ms | page faults / call | peak RSS b1 MB | peak RSS b4 MB | "
@@ -525,22 +494,68 @@ def main():
                   f"{d.get('cold_first_ever_s', float('nan')):.2f} | {d.get('first_ever_rss_mb', float('nan')):.0f} | "
                   f"{d.get('builder_rss_mb', float('nan')):.0f} |")
 
+
+def print_paired_table(results, pairs: int) -> None:
+    print(f"\npaired, batch 1 (image -> heatmaps): {pairs} sets, each one prediction per pipeline from "
+          "long-lived workers in a shuffled order, 0.3 s apart; the ratio is taken within each set; "
+          f"\"{KEPT}\" is the same reference run with glibc told never to give freed memory back "
+          f"({' '.join(f'{k}={v}' for k, v in KEEP_MEMORY.items())})\n")
+    print(f"| size | pipeline | median ms | page faults / call | speed vs reference: median of sets "
+          f"(quartiles; min–max) | speed vs {KEPT} |")
+    print("|---|---|---:|---:|---:|---:|")
+    for size, _, _, sets in results:
+        for name, d in sets.items():
+            vs = [spread(set_ratios(sets, ref, name)) if ref != name else "—" for ref in ("torch reference", KEPT)]
+            print(f"| {size} | {name} | {statistics.median(d['ms']):.1f} | "
+                  f"{statistics.median(d['faults']):.0f} | {vs[0]} | {vs[1]} |")
+
+
+def main():
+    a = parse_args()
+    if a.worker:
+        run_as_worker(a)
+        return
+    import onnxruntime as ort
+    import open_clip
+    from clipxai.models.backbones import resolve_backbone
+
+    given_cache = a.cache_dir
+    a.cache_dir = a.cache_dir or tempfile.mkdtemp(prefix="clipxai-bench-cache-")
+    gpu = any(p in ort.get_available_providers() for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
+    # fp32 always: the reference row takes its text embeddings from the fp32 bundle.
+    precisions = ["fp32"] + [p for p in dict.fromkeys(a.precisions) if p != "fp32" and (p != "fp16" or gpu)]
+    choice = resolve_backbone(a.backbone)
+    cfg = open_clip.get_model_config(choice.spec.open_clip_name)
+    vcfg = cfg["vision_cfg"]
+    n_classes = len(CLASSES.split(","))
+    print(f"measuring the fp32 ceiling (onnxruntime MatMul 2048^3, {a.threads} threads) ...", file=sys.stderr)
+    ceilings = [run_worker("ceiling", a, "-", 0)["gflops"]]
+    bundle_dir = Path(a.bundle_dir or tempfile.mkdtemp(prefix="clipxai-bench-"))
+    try:
+        results = []
+        for size in a.sizes:
+            heads = vcfg["width"] // vcfg.get("head_width", 64)
+            gflop = surgery_vit_gflop(vcfg["width"], vcfg["layers"], heads, vcfg["patch_size"], size, cfg["embed_dim"],
+                                      n_classes, choice.spec.surgery_blocks, vcfg.get("mlp_ratio", 4.0))
+            results.append(measure_size(a, size, precisions, bundle_dir, gflop))
+        ceilings.append(run_worker("ceiling", a, "-", 0)["gflops"])  # again at the end: the machine may drift
+    finally:  # what this run created in the temp folder (graph caches ~2x, bundles ~1x the model each)
+        for made, given in ((a.cache_dir, given_cache), (bundle_dir, a.bundle_dir)):
+            if not given:
+                shutil.rmtree(made, ignore_errors=True)
+    ceiling = max(ceilings)
+    print(f"\n{a.backbone} ({a.pretrained} weights), {n_classes} classes, 640x427 input, {a.threads} threads, "
+          f"median of {a.runs} runs per worker, median over {a.rounds} rounds")
+    print(f"CPU: {cpu_name()}; Python {platform.python_version()}; onnxruntime {ort.__version__}")
+    print(f"fp32 ceiling (onnxruntime MatMul 2048x2048x2048, constant B, own process): {ceiling:.1f} GFLOP/s "
+          f"(the higher of {ceilings[0]:.1f} before and {ceilings[1]:.1f} after the runs)")
+    if "fp16" in a.precisions and not gpu:
+        print("fp16: no GPU provider on this machine, so no fp16 row (its fidelity is measured on the CPU at export)")
+    print_speed_table(results, ceiling)
+    print_memory_table(results)
     if a.pairs:
-        print(f"\npaired, batch 1 (image -> heatmaps): {a.pairs} sets, each one prediction per pipeline from "
-              "long-lived workers in a shuffled order, 0.3 s apart; the ratio is taken within each set; "
-              f"\"{KEPT}\" is the same reference run with glibc told never to give freed memory back "
-              f"({' '.join(f'{k}={v}' for k, v in KEEP_MEMORY.items())})\n")
-        print(f"| size | pipeline | median ms | page faults / call | speed vs reference: median of sets "
-              f"(quartiles; min–max) | speed vs {KEPT} |")
-        print("|---|---|---:|---:|---:|---:|")
-        for size, _, _, sets in results:
-            for name, d in sets.items():
-                vs = [spread(set_ratios(sets, ref, name)) if ref != name else "—"
-                      for ref in ("torch reference", KEPT)]
-                print(f"| {size} | {name} | {statistics.median(d['ms']):.1f} | "
-                      f"{statistics.median(d['faults']):.0f} | {vs[0]} | {vs[1]} |")
+        print_paired_table(results, a.pairs)
 
 
 if __name__ == "__main__":
     main()
-

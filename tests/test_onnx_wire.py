@@ -82,6 +82,8 @@ def test_bundles_keep_their_weights_beside_the_graph(bundle):
     assert b.graph_data_files == ("model.onnx.data",)
     assert set(b.manifest["files"]) >= {"model.onnx", "model.onnx.data"}
     assert (bundle / "model.onnx").stat().st_size < (bundle / "model.onnx.data").stat().st_size
+    # readable like the graph beside it (onnx writes the data file 0600)
+    assert (bundle / "model.onnx.data").stat().st_mode == (bundle / "model.onnx").stat().st_mode
 
 
 def test_reading_a_graph_without_its_weights_holds_no_weights(tmp_path):

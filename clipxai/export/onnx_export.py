@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -78,3 +79,4 @@ def save_graph(proto: onnx.ModelProto, path: str | Path, data_file: str | None =
     (path.parent / data_file).unlink(missing_ok=True)  # onnx appends to an existing data file
     onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_file,
               size_threshold=1024)
+    os.chmod(path.parent / data_file, (path.parent / path.name).stat().st_mode & 0o777)  # onnx makes it 0600

@@ -98,6 +98,35 @@ def resize_rows(grid_map: np.ndarray, height: int, width: int, r0: int, r1: int)
     return resize_matrix(h, height)[r0:r1] @ (m @ resize_matrix(w, width).T)
 
 
+class RowUpsampler:
+    """Bilinear upsampling of K maps on a (gh, gw) grid to (height, width), a band of rows at a
+    time, class fastest: ``widen`` resizes the columns once, ``rows`` makes rows r0:r1."""
+
+    def __init__(self, gh: int, gw: int, height: int, width: int, k: int):
+        self.gh, self.gw, self.width, self.k = gh, gw, width, k
+        self.dense = max(gh, gw) <= DENSE_MAX
+        self.taps = resize_taps(gh, height)
+        if self.dense:
+            self.ah, self.aw = resize_matrix(gh, height), resize_matrix(gw, width)
+
+    def widen(self, maps_khw: np.ndarray) -> np.ndarray:
+        """[K, gh, gw] -> [gh, W·K]."""
+        wide = np.ascontiguousarray(maps_khw, dtype=np.float32).transpose(1, 2, 0).reshape(self.gh, self.gw, self.k)
+        if not self.dense:
+            return _taps_axis(wide, 1, self.width).reshape(self.gh, self.width * self.k)
+        return np.einsum("wj,ijk->iwk", self.aw, wide).reshape(self.gh, self.width * self.k)
+
+    def rows(self, wide: np.ndarray, r0: int, r1: int) -> np.ndarray:
+        """Rows r0:r1 of the upsampled maps: [r1 - r0, W, K]."""
+        if self.dense:
+            out = self.ah[r0:r1] @ wide
+        else:
+            h0, h1, hw1 = self.taps
+            w1 = hw1[r0:r1, None]
+            out = wide[h0[r0:r1]] * (1.0 - w1) + wide[h1[r0:r1]] * w1
+        return out.reshape(-1, self.width, self.k)
+
+
 @blas_single_thread()
 def segment(similarity: np.ndarray, grid: int | tuple[int, int], height: int, width: int,
             heatmaps_grid: np.ndarray | None = None, background_threshold: float | None = None,
@@ -123,44 +152,25 @@ def segment(similarity: np.ndarray, grid: int | tuple[int, int], height: int, wi
         raise ValueError(f"similarity has {similarity.shape[0]} cells, grid {gh}x{gw} needs {gh * gw}")
     if prob_threshold is not None and logit_scale is None:
         raise ValueError("prob_threshold needs logit_scale")
-    dense = max(gh, gw) <= DENSE_MAX
-    aw = resize_matrix(gw, width) if dense else None
-    ah = resize_matrix(gh, height) if dense else None
-    h0, h1, hw1 = resize_taps(gh, height)
-
-    def widen(maps_khw: np.ndarray) -> np.ndarray:  # [K, gh, gw] -> [gh, W*K], class fastest
-        wide = np.ascontiguousarray(maps_khw, dtype=np.float32).transpose(1, 2, 0).reshape(gh, gw, k)
-        if not dense:
-            return _taps_axis(wide, 1, width).reshape(gh, width * k)
-        return np.einsum("wj,ijk->iwk", aw, wide).reshape(gh, width * k)
-
-    def rows_of(wide: np.ndarray, r0: int, r1: int) -> np.ndarray:  # [gh, X] -> rows r0:r1 of [H, X]
-        if dense:
-            return ah[r0:r1] @ wide
-        w1 = hw1[r0:r1, None]
-        return wide[h0[r0:r1]] * (1.0 - w1) + wide[h1[r0:r1]] * w1
-
-    sim_w = widen(similarity.T.reshape(k, gh, gw))
-    maps_w = None
-    if background_threshold is not None:
-        if heatmaps_grid is None:
-            raise ValueError("background_threshold needs heatmaps_grid")
-        maps_w = widen(heatmaps_grid)
+    if background_threshold is not None and heatmaps_grid is None:
+        raise ValueError("background_threshold needs heatmaps_grid")
+    up = RowUpsampler(gh, gw, height, width, k)
+    sim_w = up.widen(similarity.T.reshape(k, gh, gw))
+    maps_w = up.widen(heatmaps_grid) if background_threshold is not None else None
     is_background = np.zeros(k, bool)
     is_background[list(background)] = True
     out = np.empty((height, width), np.int32)
     rows_per_chunk = max(1, min(rows_per_chunk, (1 << 23) // (width * k)))  # <= 32 MB per temporary
     for r0 in range(0, height, rows_per_chunk):
         r1 = min(r0 + rows_per_chunk, height)
-        up = rows_of(sim_w, r0, r1).reshape(-1, width, k)  # [rows, W, K]
-        labels = up.argmax(axis=2).astype(np.int32)
+        sim = up.rows(sim_w, r0, r1)  # [rows, W, K]
+        labels = sim.argmax(axis=2).astype(np.int32)
         drop = is_background[labels]
         if maps_w is not None:
-            conf = np.take_along_axis(rows_of(maps_w, r0, r1).reshape(-1, width, k), labels[..., None],
-                                      axis=2)[..., 0]
-            drop |= conf < background_threshold
+            drop |= np.take_along_axis(up.rows(maps_w, r0, r1), labels[..., None], axis=2)[..., 0] \
+                < background_threshold
         if prob_threshold is not None:
-            drop |= max_probability(up, logit_scale) < prob_threshold
+            drop |= max_probability(sim, logit_scale) < prob_threshold
         labels[drop] = -1
         out[r0:r1] = labels
     return out
