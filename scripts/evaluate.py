@@ -6,7 +6,7 @@
         --split VOC2012/ImageSets/Segmentation/val.txt \\
         --slide 112 --short-side 336 --logit-scale 40 --out voc21.json
 
-Layout, class-name file and metric: clipxai/runtime/evaluation.py. Prints the
+Layout, class-name file and metric: clipxai/eval/segmentation.py. Prints the
 mIoU and writes a JSON report (per-class IoU, pixel accuracy, settings).
 Runtime only (numpy + onnxruntime + Pillow): no torch needed.
 """

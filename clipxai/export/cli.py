@@ -25,6 +25,9 @@ class ClickReporter:
     def warn(self, message: str) -> None:
         click.secho(f"WARNING: {message}", fg="red", bold=True, err=True)
 
+    def table(self, lines: list[str]) -> None:
+        click.echo("\n".join(["", *lines, ""]))
+
     @contextlib.contextmanager
     def progress(self, total: int, label: str):
         with click.progressbar(length=total, label=f"  {label}", show_pos=True, show_eta=True,
@@ -45,7 +48,7 @@ def _human(n: int) -> str:
 @click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
               help="ViT-B/32, ViT-B/16, ViT-L/14, ViT-L/14@336px, or an open_clip name (ViT-B-16, ViT-B-16-quickgelu).")
 @click.option("--pretrained", default="openai", show_default=True,
-              help="'openai', an open_clip pretrained tag (e.g. laion2b_s34b_b88k), a checkpoint file, or 'random' (tests only).")
+              help="'openai', an open_clip pretrained tag (e.g. laion2b_s34b_b88k), a checkpoint file, or 'random' / 'random:SEED' (tests only).")
 @click.option("--method", type=click.Choice(METHODS), default="surgery", show_default=True,
               help="Method baked into the graph (docs/methods.md): " + "; ".join(
                   f"{m.name}: {m.summary}" for m in METHOD_TABLE) + ".")
@@ -69,16 +72,19 @@ def _human(n: int) -> str:
 @click.option("--text-batch-size", type=click.IntRange(1), default=256, show_default=True, help="Prompts per text-encoder batch.")
 @click.option("--text-encoder", is_flag=True,
               help="Also export the text tower and BPE vocabulary, so the device can set any classes.")
-def main(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, precision,
-         fidelity_images, output, overwrite, force, no_verify, opset, cache_dir, text_batch_size, text_encoder):
+@click.option("--int8-layers", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
+              help="int8: auto keeps the weight MatMuls that measurably hurt the maps in fp32 "
+                   "(docs/performance.md); all quantizes every one.")
+@click.option("--report", "sensitivity_report", is_flag=True,
+              help="int8: print the per-layer sensitivity table the selection measured.")
+def main(**options):
     """Export a CLIP Surgery backbone and a class vocabulary as an ONNX bundle.
 
     Exit status: 0 done, 2 bad input or failed verification, 3 weights could not
     be downloaded, 130 interrupted. No partial bundle is ever left at --output.
     """
     with cli_errors(interrupted="interrupted: no bundle written"):
-        result = run(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, precision,
-                     fidelity_images, output, overwrite, force, no_verify, opset, cache_dir, text_batch_size, text_encoder)
+        result = run(**options)
     report(result)
 
 
@@ -101,6 +107,12 @@ def report(result) -> None:
                    f"{100 * f['top1_agreement']:.0f}% -> {'PASSED' if f['passed'] else 'FAILED'} gate "
                    f"(correlation >= {f['gate']['correlation']}, pixels >= {100 * f['gate']['pixel_agreement']:.0f}%)"
                    + (f"; {f['note']}" if f.get("note") else ""))
+        conv = f.get("conversion") or {}
+        if "int8_flop_share" in conv:
+            kept = conv["sensitive_fp32"]
+            click.echo(f"int8 layers: {len(kept)} weight MatMul{'s' if len(kept) != 1 else ''} kept in fp32 by "
+                       f"measurement{': ' + ', '.join(kept) if kept else ''}; "
+                       f"{100 * conv['int8_flop_share']:.1f}% of the FLOPs in int8")
     click.echo(f"time: {result.seconds:.1f} s")
     if result.manifest["weights"]["source"] == "random":
         click.secho("WARNING: this bundle has RANDOM weights (for tests only)", fg="red", bold=True, err=True)
@@ -115,7 +127,9 @@ def _image_files(folder: str) -> list[Path]:
 
 
 def run(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, precision,
-        fidelity_images, output, overwrite, force, no_verify, opset, cache_dir, text_batch_size, text_encoder=False):
+        fidelity_images, output, overwrite, force, no_verify, opset, cache_dir, text_batch_size, text_encoder=False,
+        int8_layers="auto", sensitivity_report=False):
+    """The options of ``clipxai-export`` -> ``export_bundle``'s result."""
     # Imported here so that `--help` and option errors stay fast and torch-free.
     from clipxai.vocabulary import parse_class_list, read_classes_file
 
@@ -132,7 +146,7 @@ def run(backbone, method, pretrained, classes_text, classes_file, image_size, re
                        image_size=image_size, redundancy=redundancy, overwrite=overwrite, force=force,
                        verify=not no_verify, opset=opset, cache_dir=cache_dir, text_batch_size=text_batch_size, precision=precision,
                        fidelity_images=_image_files(fidelity_images) if fidelity_images else None,
-                       text_encoder=text_encoder)
+                       text_encoder=text_encoder, int8_layers=int8_layers, report=sensitivity_report)
     return export_bundle(cfg, ClickReporter())
 
 

@@ -107,17 +107,25 @@ def compare_outputs(ref, cand, size: int) -> dict:
     }
 
 
+def preprocess_images(images: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 [n, S, S, 3] -> float32 [n, 3, S, S] as the runtime preprocesses them."""
+    from PIL import Image
+    return np.stack([preprocess(Image.fromarray(im), images.shape[1], mean, std) for im in images])
+
+
+def run_outputs(path: Path, x: np.ndarray, extra: dict | None = None,
+                provider: str = "CPUExecutionProvider") -> list[np.ndarray]:
+    """[similarity, scores, heatmaps] of a graph on preprocessed images x [n, 3, S, S]."""
+    return _run(_session(path, provider), x, extra or {})
+
+
 def measure_fidelity(reference: Path, candidate: Path, images: np.ndarray, mean, std,
                      provider: str = "CPUExecutionProvider", extra_inputs: dict | None = None) -> dict:
     """Run both graphs on uint8 images [n, S, S, 3] and compare (see module docstring).
     extra_inputs: other graph inputs (a text-encoder bundle's text and redundancy)."""
-    extra = extra_inputs or {}
-    from PIL import Image
-    size = images.shape[1]
-    x = np.stack([preprocess(Image.fromarray(im), size, mean, std) for im in images])
-    ref = _run(_session(reference, "CPUExecutionProvider"), x, extra)
-    cand = _run(_session(candidate, provider), x, extra)
-    report = compare_outputs(ref, cand, size)
+    x = preprocess_images(images, mean, std)
+    ref = run_outputs(reference, x, extra_inputs)
+    report = compare_outputs(ref, run_outputs(candidate, x, extra_inputs, provider), images.shape[1])
     report["provider"] = provider
     return report
 

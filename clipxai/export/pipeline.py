@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import shutil
 import time
@@ -25,7 +26,9 @@ from clipxai.contract import (
 from clipxai.errors import ClipxaiError, VerificationError
 from clipxai.export.bundle import bundle_size, check_output, finalize_manifest, staged_bundle
 from clipxai.runtime.bundle import manifest_digest
-from clipxai.export.fidelity import GATES, gate_failures, load_images, measure_fidelity, synthetic_scenes
+from clipxai.export.fidelity import (
+    GATES, compare_outputs, gate_failures, load_images, preprocess_images, run_outputs, synthetic_scenes,
+)
 from clipxai.export.graph import BakedVocabulary
 from clipxai.export.methods import build_method_graph, check_method, uses_redundancy
 from clipxai.export.onnx_export import MIN_OPSET, export_onnx, save_graph
@@ -60,6 +63,8 @@ class ExportConfig:
     fidelity_images: list[Path] | None = None  # None: synthetic scenes
     fidelity_count: int = 8
     text_encoder: bool = False  # add the text tower and BPE vocabulary; vocabulary becomes a graph input
+    int8_layers: str = "auto"  # int8: "auto" (accuracy-aware, int8_selection.py) or "all" weight MatMuls
+    report: bool = False       # int8: print the per-layer sensitivity table
 
 
 @dataclass
@@ -81,6 +86,9 @@ class Reporter:
         pass
 
     def warn(self, message: str) -> None:
+        pass
+
+    def table(self, lines: list[str]) -> None:
         pass
 
     def progress(self, total: int, label: str) -> ContextManager[Callable[[int], None]]:
@@ -196,7 +204,7 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
     plan = _plan(cfg)
     rep.step(f"loading {plan.spec.name} weights: {cfg.pretrained}")
     loaded = load_clip(plan.choice, cfg.pretrained, cfg.cache_dir)
-    if cfg.pretrained == RANDOM:
+    if loaded.weights.get("source") == RANDOM:
         rep.warn("RANDOM WEIGHTS (--pretrained random): the maps of this bundle mean nothing; for tests only")
     tokenizer = open_clip.get_tokenizer(plan.spec.open_clip_name)
     if cfg.text_encoder:
@@ -226,27 +234,35 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
                         manifest_digest(output))
 
 
+def _fidelity_images(cfg: ExportConfig) -> tuple[np.ndarray, str]:
+    if cfg.fidelity_images:
+        return load_images(cfg.fidelity_images, cfg.image_size), f"{len(cfg.fidelity_images)} user images"
+    return synthetic_scenes(cfg.fidelity_count, cfg.image_size), "synthetic scenes (seed 0)"
+
+
 def _lower_precision(cfg: ExportConfig, staging: Path, loaded, rep: Reporter, vocabulary=None) -> dict:
-    """Convert the verified fp32 graph, measure its fidelity, gate, and put it in place."""
+    """Convert the verified fp32 graph (int8: accuracy-aware), measure its fidelity, gate, put it in place."""
     import onnxruntime as ort
 
     prec = cfg.precision
-    rep.step(f"converting the graph to {prec}")
-    candidate = staging / f"model.{prec}.onnx"
-    conversion = convert(prec, staging / MODEL_FILE, candidate)
-    if cfg.fidelity_images:
-        images, source = load_images(cfg.fidelity_images, cfg.image_size), f"{len(cfg.fidelity_images)} user images"
-    else:
-        images, source = synthetic_scenes(cfg.fidelity_count, cfg.image_size), "synthetic scenes (seed 0)"
+    images, source = _fidelity_images(cfg)
     gpu = "CUDAExecutionProvider"
     provider = gpu if prec == "fp16" and gpu in ort.get_available_providers() else "CPUExecutionProvider"
-    rep.step(f"measuring {prec} fidelity against fp32 on {len(images)} {source.split(' (')[0]} ({provider})")
     extra = {} if vocabulary is None else {INPUT_TEXT: vocabulary[0], INPUT_REDUNDANCY: vocabulary[1]}
-    report = measure_fidelity(staging / MODEL_FILE, candidate, images, loaded.mean, loaded.std, provider, extra)
+    x = preprocess_images(images, loaded.mean, loaded.std)
+    reference = run_outputs(staging / MODEL_FILE, x, extra)
+    if prec == "int8" and cfg.int8_layers == "auto":
+        candidate, conversion, report = _int8_accuracy_aware(cfg, staging, x, extra, reference, rep)
+    else:
+        rep.step(f"converting the graph to {prec}")
+        candidate = staging / f"model.{prec}.onnx"
+        conversion = convert(prec, staging / MODEL_FILE, candidate)
+        rep.step(f"measuring {prec} fidelity against fp32 on {len(images)} {source.split(' (')[0]} ({provider})")
+        report = compare_outputs(reference, run_outputs(candidate, x, extra, provider), cfg.image_size)
     gate = GATES[prec]
     failures = gate_failures(report, gate)
-    report.update(image_source=source, gate={"correlation": gate.correlation,
-                                             "pixel_agreement": gate.pixel_agreement},
+    report.update(provider=provider, image_source=source,
+                  gate={"correlation": gate.correlation, "pixel_agreement": gate.pixel_agreement},
                   passed=not failures, conversion=conversion)
     if prec == "fp16" and provider != gpu:
         report["note"] = "measured with onnxruntime on the CPU (no GPU available at export)"
@@ -258,6 +274,53 @@ def _lower_precision(cfg: ExportConfig, staging: Path, loaded, rep: Reporter, vo
     save_graph(onnx.load(str(candidate)), staging / MODEL_FILE, MODEL_DATA_FILE)
     candidate.unlink()
     return report
+
+
+def _int8_accuracy_aware(cfg: ExportConfig, staging: Path, x: np.ndarray, extra: dict, reference, rep: Reporter):
+    """(candidate path, conversion record, fidelity report): int8_selection.py's measurement and choice."""
+    from clipxai.export import int8_selection as sel
+
+    src = staging / MODEL_FILE
+    work = staging / ".int8-work"
+    work.mkdir()
+    try:
+        rep.step("converting the graph to int8 (every weight MatMul, for the measurement)")
+        everything = work / "int8-all.onnx"
+        conversion = convert("int8", src, everything)
+        model = onnx.load(str(src), load_external_data=False)
+        layers = sel.find_layers(model)
+        groups = sel.group_layers(model, layers)
+        n = min(sel.SENSITIVITY_IMAGES, len(x))
+        rep.step(f"measuring what int8 does to the outputs: {len(layers)} MatMuls in {len(groups)} groups, {n} images")
+        sel.measure_sensitivity(src, everything, layers, groups, x[:n], extra, reference)
+
+        def quantize(dst: Path, kept: list[str]) -> None:
+            if kept:
+                convert("int8", src, dst, exclude=kept)
+            else:
+                shutil.copyfile(everything, dst)
+
+        def evaluate(path: Path) -> dict:
+            return compare_outputs(reference, run_outputs(path, x, extra), cfg.image_size)
+
+        choice, candidate = sel.select(work, layers, groups, quantize, evaluate, log=rep.step)
+        if cfg.report:
+            rep.table(sel.report_table(choice))
+        final = staging / "model.int8.onnx"
+        os.replace(candidate, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    conversion.update(selection="accuracy-aware (clipxai/export/int8_selection.py)",
+                      sensitive_fp32=choice.kept_fp32, int8_flop_share=round(choice.int8_flop_share, 4),
+                      margin={"correlation": sel.MARGIN.correlation, "pixel_agreement": sel.MARGIN.pixel_agreement},
+                      passed_margin=choice.passed_margin,
+                      groups=[{"group": g.label, "layers": len(g.layers), "gflop": round(g.flops / 1e9, 3),
+                               "alone": {k: round(v, 4) for k, v in g.figures.items() if k != "images"}}
+                              for g in choice.groups],
+                      tried=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in t.items()}
+                             for t in choice.tried])
+    conversion["kept_fp32"] = sorted(set(conversion["kept_fp32"]) | set(choice.kept_fp32))
+    return final, conversion, dict(choice.report)
 
 
 def _check_clip_tokenizer(tokenizer, name: str) -> None:

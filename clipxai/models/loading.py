@@ -8,7 +8,7 @@
   OpenAI-format state dict, an open_clip training checkpoint (``{"state_dict":
   ...}``) or a ``.safetensors`` file. Pickles are read with
   ``weights_only=True``; arbitrary objects are never unpickled;
-- ``random``: random weights, for tests and dry runs only.
+- ``random`` (or ``random:N`` for seed N): random weights, for tests and dry runs only.
 
 Activation of a local file: a TorchScript archive or a state dict carrying
 OpenAI's ``input_resolution`` key is OpenAI's release (QuickGELU); otherwise
@@ -217,13 +217,28 @@ def load_state_dict_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], so
     model.load_state_dict(sd, strict=True)
 
 
+def random_seed(pretrained: str) -> int | None:
+    """``random`` -> 0, ``random:N`` -> N (random weights from seed N, for tests); anything else -> None."""
+    if pretrained == RANDOM:
+        return 0
+    if pretrained.startswith(RANDOM + ":"):
+        try:
+            seed = int(pretrained.split(":", 1)[1])
+        except ValueError:
+            seed = -1
+        if seed < 0:
+            raise WeightsError(f"--pretrained {pretrained!r}: the seed must be a non-negative integer, e.g. random:3")
+        return seed
+    return None
+
+
 def load_clip(choice: BackboneChoice, pretrained: str = OPENAI, cache_dir: str | None = None) -> LoadedModel:
     """Build the backbone and load the requested weights (see module docstring)."""
     name = choice.spec.name
-    if pretrained == RANDOM:
-        model = create_model(choice, choice.quick_gelu)
-        return LoadedModel(model, OPENAI_MEAN, OPENAI_STD, choice.quick_gelu,
-                           {"source": RANDOM, "seed": 0})
+    seed = random_seed(pretrained)
+    if seed is not None:
+        model = create_model(choice, choice.quick_gelu, seed)
+        return LoadedModel(model, OPENAI_MEAN, OPENAI_STD, choice.quick_gelu, {"source": RANDOM, "seed": seed})
 
     if os.path.sep in pretrained or Path(pretrained).suffix or Path(pretrained).exists():
         sd, fmt = read_checkpoint(pretrained)
