@@ -10,5 +10,5 @@ VENV="${CLIPXAI_VENV:-.venv}"
 LOG="$VENV/pip-install.log"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip > "$LOG" 2>&1 || { cat "$LOG"; exit 1; }
 # constraints.txt pins the versions the suite was last run with.
-"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[export,test]" >> "$LOG" 2>&1 || { cat "$LOG"; exit 1; }
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[export,test,video]" >> "$LOG" 2>&1 || { cat "$LOG"; exit 1; }
 exec "$VENV/bin/python" -m pytest -m "not gpu" "$@"

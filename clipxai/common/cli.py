@@ -61,3 +61,25 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Ctrl-C and SIGTERM inside the block take effect at its end (as KeyboardInterrupt), so a step that
+    writes two things (a video frame and its JSON line) is never cut between them. Main thread only."""
+    caught = []
+
+    def handler(signum, frame):
+        caught.append(signum)
+    try:
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    if caught:
+        raise KeyboardInterrupt(f"signal {caught[0]}")

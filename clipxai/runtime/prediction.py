@@ -25,6 +25,7 @@ class Prediction:
     heatmaps_grid: float32 [K, g, g] per-class min-max maps on the token grid.
     size: (H, W) of the original image.
     options: segmentation settings used by ``segmentation`` (see ``segment``).
+    frame_index, timestamp, dropped, frame: set by ``Predictor.stream`` (see its docstring).
 
     From ``Predictor.predict_slide`` the grid is the resized image's pixels, (h, w)
     instead of (g, g): similarity [h·w, K] holds the averaged logits, heatmaps_grid
@@ -40,6 +41,10 @@ class Prediction:
     background_threshold: float | None = None
     options: SegmentOptions = SegmentOptions()
     points_down_sample: int = 2
+    frame_index: int | None = None    # from Predictor.stream: the frame's index in its source
+    timestamp: float | None = None    # ... its time in seconds (None when the source has none)
+    dropped: int = 0                  # ... live sources: frames dropped since the previous prediction
+    frame: np.ndarray | None = None   # ... the decoded frame, uint8 [H, W, 3] RGB
 
     @property
     def grid_size(self) -> int:
@@ -109,4 +114,5 @@ class Prediction:
         o = self.options
         options = SegmentOptions(o.logit_scale, o.prob_threshold, tuple(c for c in o.background_classes if c in kept))
         return Prediction(kept, self.similarity[:, idx], self.scores[idx], self.heatmaps_grid[idx], self.size,
-                          self.background_threshold, options, self.points_down_sample)
+                          self.background_threshold, options, self.points_down_sample, self.frame_index,
+                          self.timestamp, self.dropped, self.frame)

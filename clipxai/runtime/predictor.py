@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -143,11 +143,39 @@ class Predictor:
         if self._buffer.shape[0] < b:
             self._buffer = np.empty((b, 3, s, s), np.float32)
         for i, im in enumerate(pil):
-            preprocess(im, s, self.bundle.mean, self.bundle.std, out=self._buffer[i])
-        sim, scores, maps = self.session.run(self._outputs, self.graph_feeds(self._buffer[:b]))
+            self.preprocess(im, out=self._buffer[i])
+        return self.run_graph(self._buffer[:b], [(im.height, im.width) for im in pil])
+
+    def preprocess(self, image, out: np.ndarray | None = None) -> np.ndarray:
+        """An RGB PIL image -> float32 [3, S, S], as the graph takes it (into ``out`` if given)."""
+        return preprocess(image, self.bundle.image_size, self.bundle.mean, self.bundle.std, out=out)
+
+    def run_graph(self, images: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[Prediction]:
+        """Preprocessed images [B, 3, S, S] and their original (H, W) sizes -> B Predictions."""
+        sim, scores, maps = self.session.run(self._outputs, self.graph_feeds(images))
         classes = self.classes
-        return [Prediction(classes, sim[i], scores[i], maps[i], (im.height, im.width), self.background_threshold,
-                           self.segment_options) for i, im in enumerate(pil)]
+        return [Prediction(classes, sim[i], scores[i], maps[i], tuple(size), self.background_threshold,
+                           self.segment_options) for i, size in enumerate(sizes)]
+
+    def stream(self, source, batch_size: int = 1, every_n: int = 1, smoothing: float | None = None,
+               live: bool | None = None, fps: float | None = None) -> Iterator[Prediction]:
+        """Predictions for a stream of frames, decoding and preprocessing ahead in a background thread
+        while the graph runs (clipxai/runtime/video/stream.py; docs/video.md).
+
+        source: an iterable of frames (HxWx3 uint8 RGB arrays or PIL images), a video file path
+        (needs ``clipxai[video]``), or a camera index (``clipxai[camera]``).
+        batch_size: frames per graph run. every_n: predict one frame in n.
+        smoothing: None (off) or alpha in (0, 1]: an exponential moving average of the similarity
+        [N, K] and grid heatmaps [K, g, g], alpha = the newest frame's weight.
+        live: None = a camera is live, a file or iterable is not. A file gets every frame in order;
+        a live source keeps only the newest frame when the graph falls behind, and each Prediction
+        counts the frames ``dropped`` since the previous one.
+        fps: timestamps (index / fps) for an iterable; files and cameras carry their own.
+        Each Prediction carries ``frame_index``, ``timestamp`` and its decoded ``frame``
+        (uint8 [H, W, 3]). Closing the iterator early stops the threads and the decoder.
+        """
+        from clipxai.runtime.video.stream import stream_predictions
+        return stream_predictions(self, source, batch_size, every_n, smoothing, live, fps)
 
 
 def _warn_failed_gate(bundle: Bundle) -> None:

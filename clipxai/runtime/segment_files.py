@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import glob
 import json
-import math
 import os
-import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ import click
 
 from clipxai.common.files import atomic_write
 from clipxai.common.images import image_files
+from clipxai.runtime.outputs import json_safe, safe_name
 from clipxai.errors import ClipxaiError
 
 
@@ -59,6 +58,10 @@ class SegmentJob:
     overlays: bool = True
     text_cache: str | None = None
     expect_digest: str | None = None
+    camera: int | None = None          # video mode: a camera index instead of inputs
+    heatmap: str | None = None         # video mode: one class's heatmap instead of the segmentation
+    every_n: int = 1                   # video mode: one frame in n
+    smoothing: float | None = None     # video mode: exponential moving average, the newest frame's weight
 
 
 @dataclass
@@ -67,6 +70,8 @@ class Summary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     interrupted: bool = False
     remaining: int = 0
+    unit: str = "image"                # "image", or "video" in video mode
+    notes: list[str] = field(default_factory=list)
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -102,22 +107,6 @@ def output_names(files: list[Path]) -> dict[Path, Path]:
     for r in rel:
         stems[(r.parent, r.stem)] = stems.get((r.parent, r.stem), 0) + 1
     return {f: (r.parent / r.stem if stems[(r.parent, r.stem)] == 1 else r) for f, r in zip(files, rel)}
-
-
-def safe_name(name: str) -> str:
-    """A class name as a file-name part: runs of other characters become '_'."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "class"
-
-
-def json_safe(value):
-    """``value`` with every non-finite float replaced by None, so the JSON is valid."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def prepare_output(out_dir: Path) -> None:
@@ -171,20 +160,26 @@ def _subset(job: SegmentJob, predictor) -> list[str] | None:
 
 
 def run(job: SegmentJob) -> Summary:
-    """Segment every input of ``job`` into result files (module docstring); returns what happened."""
+    """Segment every input of ``job`` into result files (module docstring); returns what happened.
+    Video files and ``job.camera`` go to the video mode (clipxai/runtime/video/segment.py)."""
+    from clipxai.runtime.video.sources import is_video_path
+    videos = [i for i in job.inputs if is_video_path(i)]
+    if not job.inputs and job.camera is None:
+        raise ClipxaiError("nothing to segment: give images, folders, video files or --camera N")
+    if (videos or job.camera is not None) and len(videos) != len(job.inputs):
+        raise ClipxaiError("give either images and folders, or videos (and --camera), not both in one run")
+    if not videos and job.camera is None and (job.heatmap or job.every_n != 1 or job.smoothing is not None):
+        raise ClipxaiError("--heatmap, --every-n and --smooth are for videos and --camera")
     predictor = _load(job)
     _check_slide(job, predictor)
     subset = _subset(job, predictor)
+    if videos or job.camera is not None:
+        return run_videos(job, predictor, subset, videos)
     files, failures = expand_inputs(job.inputs)
     if not files:
         raise ClipxaiError("no images to process: " + "; ".join(f"{i}: {w}" for i, w in failures))
     prepare_output(job.out_dir)
-    click.echo(f"• {len(files)} image{'s' if len(files) != 1 else ''} with {Path(job.bundle)} "
-               f"({predictor.bundle.manifest['backbone']['name']}, {len(predictor.classes)} classes, "
-               f"{predictor.provider})")
-    if predictor.bundle.random_weights:
-        click.secho("WARNING: this bundle has RANDOM weights: its maps mean nothing (tests only)",
-                    fg="red", bold=True, err=True)
+    _announce(job, predictor, len(files), "image")
     summary = Summary(failures=list(failures))
     writer = ResultWriter(job.out_dir, predictor, output_names(files), job.overlays)
     with click.progressbar(length=len(files), label="  segmenting", show_pos=True, file=sys.stderr) as bar:
@@ -196,6 +191,15 @@ def run(job: SegmentJob) -> Summary:
             summary.interrupted = True
     summary.remaining = len(files) - len(summary.done) - len(summary.failures) + len(failures)
     return summary
+
+
+def _announce(job: SegmentJob, predictor, count: int, unit: str) -> None:
+    click.echo(f"• {count} {unit}{'s' if count != 1 else ''} with {Path(job.bundle)} "
+               f"({predictor.bundle.manifest['backbone']['name']}, {len(predictor.classes)} classes, "
+               f"{predictor.provider})")
+    if predictor.bundle.random_weights:
+        click.secho("WARNING: this bundle has RANDOM weights: its maps mean nothing (tests only)",
+                    fg="red", bold=True, err=True)
 
 
 def _segment_batch(batch: list[Path], job: SegmentJob, predictor, subset, writer, summary: Summary) -> None:
@@ -289,3 +293,43 @@ class ResultWriter:
             "scores": {name: float(s) for name, s in zip(pred.classes, pred.scores)},
             "points": points,
         }
+
+
+def run_videos(job: SegmentJob, predictor, subset, videos: list[str]) -> Summary:
+    """Each video (then the camera) through ``segment_stream``: an annotated video and a JSON Lines file."""
+    from clipxai.runtime.video.segment import segment_stream
+    from clipxai.runtime.video.sources import VideoError
+    if job.slide != (None, None):
+        raise ClipxaiError("--slide is for images; videos run the bundle's own size")
+    classes = subset or predictor.classes
+    heat = None
+    if job.heatmap is not None:
+        if job.heatmap not in classes:
+            raise ClipxaiError(f"--heatmap {job.heatmap!r} is not one of the classes: {', '.join(classes)}")
+        heat = classes.index(job.heatmap)
+    prepare_output(job.out_dir)
+    names = output_names([Path(v) for v in videos])
+    sources = [(Path(v), str(names[Path(v)])) for v in videos]
+    if job.camera is not None:
+        sources.append((job.camera, f"camera{job.camera}"))
+    _announce(job, predictor, len(sources), "video")
+    summary = Summary(unit="video")
+    for i, (source, name) in enumerate(sources):
+        (job.out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            result = segment_stream(predictor, source if isinstance(source, int) else str(source), name,
+                                    job.out_dir, heat, job.batch_size, job.every_n, job.smoothing, subset)
+        except VideoError as e:
+            summary.failures.append((str(source), str(e).split(": ", 1)[-1]))
+            continue
+        summary.notes += [f"{source}: {note}" for note in result.notes]
+        if result.frames:
+            summary.done.append(source)
+            summary.notes.append(f"{source}: {result.frames} frames -> {', '.join(p.name for p in result.outputs)}")
+        if result.stopped:
+            summary.failures.append((str(source), result.stopped.split(": ", 1)[-1]))
+        if result.interrupted:
+            summary.interrupted = True
+            summary.remaining = len(sources) - i - 1
+            break
+    return summary

@@ -20,7 +20,7 @@ def _plural(n: int, word: str) -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("bundle", type=click.Path())
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the results.")
 @click.option("--classes", "classes_text",
               help="Comma-separated classes: any names with a --text-encoder bundle, else a subset of its classes.")
@@ -46,10 +46,21 @@ def _plural(n: int, word: str) -> str:
               help="Folder caching on-device class encodings [default: the cache root's text folder].")
 @click.option("--expect-digest", default=None, metavar="SHA256",
               help="Refuse the bundle unless its manifest's sha256 is this (clipxai-export prints it).")
+@click.option("--camera", type=click.IntRange(0), default=None, metavar="N",
+              help="Video mode: segment camera N live (needs clipxai[camera]).")
+@click.option("--heatmap", "heatmap_class", default=None, metavar="CLASS",
+              help="Video mode: the annotated video shows this class's heatmap instead of the segmentation.")
+@click.option("--every-n", type=click.IntRange(1), default=1, show_default=True,
+              help="Video mode: predict one frame in N.")
+@click.option("--smooth", "smoothing", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="ALPHA",
+              help="Video mode: exponential moving average of the maps, ALPHA = the newest frame's weight.")
 def main(bundle, inputs, out_dir, classes_text, batch_size, providers, threads, background_threshold,
          slide_stride, short_side, logit_scale, prob_threshold, background_classes, trt_fp16, trt_cache,
-         no_overlays, text_cache, expect_digest):
-    """Segment images with a clipxai bundle: heatmap overlays, a segmentation and a JSON per image.
+         no_overlays, text_cache, expect_digest, camera, heatmap_class, every_n, smoothing):
+    """Segment images or videos with a clipxai bundle.
+
+    Images: heatmap overlays, a segmentation and a JSON per image. Videos (.mp4, .mov, .mkv, ...;
+    needs clipxai[video]) and --camera N: an annotated video and a JSON Lines file per video.
 
     Exit status: 0 all done, 1 some inputs failed (listed), 2 bad input, 130 interrupted.
     """
@@ -59,7 +70,8 @@ def main(bundle, inputs, out_dir, classes_text, batch_size, providers, threads, 
                      background_threshold=background_threshold, slide=(slide_stride, short_side),
                      logit_scale=logit_scale, prob_threshold=prob_threshold, background_classes=background_classes,
                      trt_fp16=trt_fp16, trt_cache=trt_cache, overlays=not no_overlays, text_cache=text_cache,
-                     expect_digest=expect_digest)
+                     expect_digest=expect_digest, camera=camera, heatmap=heatmap_class, every_n=every_n,
+                     smoothing=smoothing)
     with cli_errors():
         summary = run(job)
     report(summary, out_dir)
@@ -67,12 +79,14 @@ def main(bundle, inputs, out_dir, classes_text, batch_size, providers, threads, 
 
 def report(summary, out_dir) -> None:
     """The summary: what was written, what failed; exits 1 on failures, 130 when interrupted."""
-    done, failures = len(summary.done), summary.failures
+    done, failures, unit = len(summary.done), summary.failures, summary.unit
+    for note in summary.notes:
+        click.echo(f"  {note}", err=True)
     if summary.interrupted:
-        click.secho(f"interrupted: {_plural(done, 'image')} written to {out_dir} before the stop, "
+        click.secho(f"interrupted: {_plural(done, unit)} written to {out_dir} before the stop, "
                     f"{summary.remaining} not processed; nothing partial was left", fg="red", err=True)
     else:
-        click.echo(f"results: {out_dir}  ({_plural(done, 'image')})")
+        click.echo(f"results: {out_dir}  ({_plural(done, unit)})")
     if failures:
         click.secho(f"{_plural(len(failures), 'input')} failed, {done} processed:", fg="red", err=True)
         for item, why in failures:
