@@ -17,6 +17,18 @@ SUPPORTED_SCHEMAS = (1, 2, 3)
 
 # Bundle kinds ("kind" in the manifest; schema 1-2 bundles are "clip").
 KIND_CLIP = "clip"
+KIND_MASK = "mask-model"   # SAM / SAM 2.1 (clipxai-export-sam)
+
+# Files and graph IO of a mask-model bundle.
+MASK_ENCODER_FILE = "encoder.onnx"            # + encoder.onnx.data (its weights)
+MASK_DECODER_FILE = "decoder.onnx"
+MASK_INPUT_IMAGE = "image"                    # float32 [1, 3, 1024, 1024], preprocessed
+MASK_EMBEDDINGS = "image_embeddings"          # float32 [1, 256, 64, 64]
+MASK_HIGH_RES = ("high_res_feats_0", "high_res_feats_1")  # SAM 2.1: [1, 32, 256, 256], [1, 64, 128, 128]
+MASK_POINT_COORDS = "point_coords"            # float32 [B, N, 2], (x, y) in the 1024-pixel input frame
+MASK_POINT_LABELS = "point_labels"            # float32 [B, N]: 1 positive, 0 negative, -1 padding
+MASK_LOW_RES = "low_res_masks"                # float32 [B, 4, 256, 256] logits of the four mask tokens
+MASK_IOU = "iou_predictions"                  # float32 [B, 4]
 
 # Limits a manifest is checked against (larger values are refused, not allocated).
 MAX_IMAGE_SIZE = 2048

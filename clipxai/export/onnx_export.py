@@ -80,3 +80,18 @@ def save_graph(proto: onnx.ModelProto, path: str | Path, data_file: str | None =
     onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_file,
               size_threshold=1024)
     os.chmod(path.parent / data_file, (path.parent / path.name).stat().st_mode & 0o777)  # onnx makes it 0600
+
+
+def export_module(module: nn.Module, args: tuple, path: str | Path, input_names: list[str], output_names: list[str],
+                  dynamic_axes: dict | None = None, opset: int = MIN_OPSET, data_file: str | None = None) -> None:
+    """Export any module (no clean-up pass: the mask graphs are exported as traced), then save it, with
+    its weights in ``data_file`` when given, and check it."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), args, str(path), input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes or {}, opset_version=opset, do_constant_folding=True,
+                          dynamo=False)
+    proto = onnx.load(str(path))
+    proto.producer_name, proto.producer_version = "clipxai", clipxai.__version__
+    save_graph(proto, path, data_file)
+    onnx.checker.check_model(str(path), full_check=True)

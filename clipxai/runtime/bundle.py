@@ -28,13 +28,12 @@ import numpy as np
 from clipxai.common.files import sha256_file
 from clipxai.contract import (
     INPUT_IMAGE, KIND_CLIP, MANIFEST_FILE, MAX_MANIFEST_BYTES, MODEL_FILE, OUTPUTS, REDUNDANCY_FILE,
-    SUPPORTED_SCHEMAS, TEXT_EMBEDDINGS_FILE, TEXT_ENCODER_FILE,
+    SUPPORTED_SCHEMAS, TEXT_EMBEDDINGS_FILE,
 )
 from clipxai.errors import BundleError
 from clipxai.runtime import manifest as schema
 from clipxai.runtime.onnx_wire import external_data_locations
 
-GRAPH_FILES = (MODEL_FILE, TEXT_ENCODER_FILE)  # graphs whose external data must be listed
 
 
 @dataclass(frozen=True)
@@ -212,14 +211,14 @@ def _inside(root: Path, resolved_root: Path, name: str, mpath: Path) -> Path:
 
 
 def _check_graph_data(root: Path, manifest: dict, mpath: Path) -> tuple[str, ...]:
-    """Every external-data file of every listed graph must be listed (and so digest-checked)."""
+    """Every external-data file of every listed graph (``*.onnx``) must be listed (and so digest-checked).
+    Returns the image graph's."""
     listed = set(manifest["files"])
+    graphs = sorted(name for name in listed if name.endswith(".onnx"))
     image_graph_data: tuple[str, ...] = ()
-    for graph in GRAPH_FILES:
-        if graph not in listed:
-            continue
+    for graph in graphs:
         locations = external_data_locations(root / graph)
-        unlisted = sorted(loc for loc in locations if loc not in listed or loc in GRAPH_FILES)
+        unlisted = sorted(loc for loc in locations if loc not in listed or loc in graphs)
         if unlisted:
             raise BundleError(f"{root / graph}: keeps tensor data in {unlisted[0]!r}, which {mpath.name} does not "
                               "list with a digest; refusing it (re-export the bundle)")

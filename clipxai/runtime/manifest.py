@@ -138,7 +138,30 @@ CLIP_FIELDS: tuple[Field, ...] = COMMON_FIELDS + (
     Field("text_encoder", optional(mapping), required=False),
 )
 
-SCHEMAS: dict[str, tuple[Field, ...]] = {"clip": CLIP_FIELDS}
+def positive(v) -> str | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not v > 0:
+        return f"must be a positive number, got {_show(v)}"
+    return None
+
+
+MASK_FIELDS: tuple[Field, ...] = COMMON_FIELDS + (
+    Field("kind", one_of(("mask-model",))),
+    Field("model", text),
+    Field("family", one_of(("sam", "sam2"))),
+    Field("precision", one_of(PRECISIONS)),
+    Field("preprocess.resize", one_of(("longest-side", "stretch"))),
+    Field("preprocess.scale", positive),
+    Field("graphs", mapping),
+    Field("graphs.encoder", mapping),
+    Field("graphs.encoder.inputs", tensor_specs),
+    Field("graphs.encoder.outputs", tensor_specs),
+    Field("graphs.decoder", mapping),
+    Field("graphs.decoder.inputs", tensor_specs),
+    Field("graphs.decoder.outputs", tensor_specs),
+    Field("fidelity", optional(mapping), required=False),
+)
+
+SCHEMAS: dict[str, tuple[Field, ...]] = {"clip": CLIP_FIELDS, "mask-model": MASK_FIELDS}
 
 
 def _get(manifest: dict, path: str):

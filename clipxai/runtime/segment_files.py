@@ -4,7 +4,9 @@ For each input image, in ``out_dir``:
 
 - ``<name>_heatmap_<class>.png``: the class's heatmap over the image (unless ``overlays`` is off);
 - ``<name>_segmentation.png``: the segmentation with a legend;
-- ``<name>.json``: scores, top class, SAM points (always valid JSON: never NaN or Infinity).
+- ``<name>.json``: scores, top class, SAM points (always valid JSON: never NaN or Infinity);
+- with ``--sam``: ``<name>_mask_<class>.png`` (8-bit, 255 inside), ``<name>_sam_<class>.png`` (the mask
+  and the points), ``<name>_objects.png`` (the label map of the masks) and the JSON's ``masks``.
 
 Names: each input keeps its path relative to the folder common to all inputs
 (``a/x.jpg`` and ``b/x.jpg`` give ``a/x...`` and ``b/x...``), and its stem, or
@@ -30,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+import numpy as np
+from PIL import Image
 
 from clipxai.common.files import atomic_write
 from clipxai.common.images import image_files
@@ -62,6 +66,8 @@ class SegmentJob:
     heatmap: str | None = None         # video mode: one class's heatmap instead of the segmentation
     every_n: int = 1                   # video mode: one frame in n
     smoothing: float | None = None     # video mode: exponential moving average, the newest frame's weight
+    sam: str | None = None             # a mask-model bundle: object masks from each class's points
+    sam_classes: str | None = None     # masks for these classes only (comma-separated)
 
 
 @dataclass
@@ -133,6 +139,22 @@ def _load(job: SegmentJob):
     return predictor
 
 
+def _load_sam(job: SegmentJob, classes: list[str]):
+    """(MaskPredictor, the classes to mask) or (None, None) without --sam."""
+    from clipxai.vocabulary import parse_class_list
+    if job.sam is None:
+        if job.sam_classes is not None:
+            raise ClipxaiError("--sam-classes needs --sam SAM_BUNDLE")
+        return None, None
+    from clipxai.runtime.sam import MaskPredictor
+    sam = MaskPredictor.from_bundle(job.sam, providers=job.providers, threads=job.threads)
+    wanted = parse_class_list(job.sam_classes) if job.sam_classes else list(classes)
+    unknown = [c for c in wanted if c not in classes]
+    if unknown:
+        raise ClipxaiError(f"--sam-classes: {unknown[0]!r} is not one of the classes ({', '.join(classes)})")
+    return sam, wanted
+
+
 def _check_slide(job: SegmentJob, predictor) -> None:
     stride, short_side = job.slide
     if (stride is None) != (short_side is None):
@@ -173,15 +195,16 @@ def run(job: SegmentJob) -> Summary:
     predictor = _load(job)
     _check_slide(job, predictor)
     subset = _subset(job, predictor)
+    sam = _load_sam(job, subset or predictor.classes)
     if videos or job.camera is not None:
-        return run_videos(job, predictor, subset, videos)
+        return run_videos(job, predictor, subset, videos, sam)
     files, failures = expand_inputs(job.inputs)
     if not files:
         raise ClipxaiError("no images to process: " + "; ".join(f"{i}: {w}" for i, w in failures))
     prepare_output(job.out_dir)
     _announce(job, predictor, len(files), "image")
     summary = Summary(failures=list(failures))
-    writer = ResultWriter(job.out_dir, predictor, output_names(files), job.overlays)
+    writer = ResultWriter(job.out_dir, predictor, output_names(files), job.overlays, sam)
     with click.progressbar(length=len(files), label="  segmenting", show_pos=True, file=sys.stderr) as bar:
         try:
             for start in range(0, len(files), job.batch_size):
@@ -232,8 +255,9 @@ def _segment_batch(batch: list[Path], job: SegmentJob, predictor, subset, writer
 class ResultWriter:
     """Writes one image's result files (module docstring), never the same path twice in a run."""
 
-    def __init__(self, out_dir: Path, predictor, names: dict[Path, Path], overlays: bool):
+    def __init__(self, out_dir: Path, predictor, names: dict[Path, Path], overlays: bool, sam=(None, None)):
         self.out_dir, self.predictor, self.names, self.overlays = out_dir, predictor, names, overlays
+        self.sam, self.sam_classes = sam
         self.owner: dict[Path, Path] = {}  # result path -> the input it belongs to, this run
         self.fresh: list[Path] = []        # files written for the image being written
         self.random = predictor.bundle.random_weights
@@ -274,8 +298,30 @@ class ResultWriter:
                 rows = (lambda kk: lambda r0, r1: pred.heatmap_rows(kk, r0, r1))(k)
                 self._picture(source, f"_heatmap_{safe_name(name)}.png", overlay(image, rows))
         self._picture(source, "_segmentation.png", segmentation_image(image, pred.segmentation, pred.classes))
-        text = json.dumps(json_safe(self.record(source, pred)), indent=2, ensure_ascii=False, allow_nan=False)
+        record = self.record(source, pred)
+        if self.sam is not None:
+            record["masks"] = self._masks(source, image, pred)
+        text = json.dumps(json_safe(record), indent=2, ensure_ascii=False, allow_nan=False)
         self._save(source, self._prefix(source, ".json"), lambda p: p.write_text(text + "\n", encoding="utf-8"))
+
+    def _masks(self, source: Path, image, pred) -> dict:
+        """SAM's object mask per class: mask and overlay pictures, the label map; their JSON."""
+        from clipxai.runtime.sam import label_map, mask_record
+        from clipxai.runtime.visualize import mask_overlay, palette, segmentation_image
+        self.sam.set_image(image)
+        masks = self.sam.masks_for(pred, self.sam_classes)
+        colours = palette(len(pred.classes))
+        for name, m in masks.items():
+            coords, labels = (m.points, m.labels) if m is not None else pred.points(pred.classes.index(name))
+            if m is not None:
+                pic = Image.fromarray(np.where(m.mask, np.uint8(255), np.uint8(0)), "L")
+                self._save(source, self._prefix(source, f"_mask_{safe_name(name)}.png"),
+                           lambda p, pic=pic: pic.save(p, format="PNG"))
+            colour = tuple(int(v) for v in colours[pred.classes.index(name)])
+            self._picture(source, f"_sam_{safe_name(name)}.png",
+                          mask_overlay(image, m.mask if m is not None else None, coords, labels, colour))
+        self._picture(source, "_objects.png", segmentation_image(image, label_map(masks, pred), pred.classes))
+        return {name: mask_record(m) for name, m in masks.items()}
 
     def record(self, source: Path, pred) -> dict:
         manifest = self.predictor.bundle.manifest
@@ -295,7 +341,7 @@ class ResultWriter:
         }
 
 
-def run_videos(job: SegmentJob, predictor, subset, videos: list[str]) -> Summary:
+def run_videos(job: SegmentJob, predictor, subset, videos: list[str], sam=(None, None)) -> Summary:
     """Each video (then the camera) through ``segment_stream``: an annotated video and a JSON Lines file."""
     from clipxai.runtime.video.segment import segment_stream
     from clipxai.runtime.video.sources import VideoError
@@ -318,7 +364,7 @@ def run_videos(job: SegmentJob, predictor, subset, videos: list[str]) -> Summary
         (job.out_dir / name).parent.mkdir(parents=True, exist_ok=True)
         try:
             result = segment_stream(predictor, source if isinstance(source, int) else str(source), name,
-                                    job.out_dir, heat, job.batch_size, job.every_n, job.smoothing, subset)
+                                    job.out_dir, heat, job.batch_size, job.every_n, job.smoothing, subset, sam)
         except VideoError as e:
             summary.failures.append((str(source), str(e).split(": ", 1)[-1]))
             continue

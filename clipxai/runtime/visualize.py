@@ -138,3 +138,21 @@ def stamp(image: Image.Image, text: str, in_place: bool = False) -> Image.Image:
     draw.rectangle([0, 0, out.width, 16], fill=(200, 0, 0))
     draw.text((4, 2), text, fill=(255, 255, 255), font=font)
     return out
+
+
+POSITIVE, NEGATIVE = (40, 220, 60), (230, 40, 40)  # SAM point prompts: green in, red out
+
+
+def mask_overlay(image: Image.Image, mask: np.ndarray | None, points: np.ndarray, labels: np.ndarray,
+                 colour=(30, 144, 255), alpha: float = 0.5) -> Image.Image:
+    """The image with a bool [H, W] mask tinted and the prompt's points drawn: positive (label 1)
+    green, negative (label 0) red, like the CLIP Surgery paper's text -> points -> SAM figure."""
+    pic = tint(image, (mask.astype(np.int32) - 1) if mask is not None else np.full(image.size[::-1], -1, np.int32),
+               np.array([colour], np.uint8), alpha)
+    draw = ImageDraw.Draw(pic)
+    radius = max(3, round(min(pic.size) / 80))
+    for (x, y), label in zip(np.asarray(points).reshape(-1, 2), np.asarray(labels).reshape(-1)):
+        fill = POSITIVE if label == 1 else NEGATIVE
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=fill, outline=(255, 255, 255),
+                     width=max(1, radius // 3))
+    return pic

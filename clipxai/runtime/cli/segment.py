@@ -52,11 +52,14 @@ def _plural(n: int, word: str) -> str:
               help="Video mode: the annotated video shows this class's heatmap instead of the segmentation.")
 @click.option("--every-n", type=click.IntRange(1), default=1, show_default=True,
               help="Video mode: predict one frame in N.")
+@click.option("--sam", "sam_bundle", type=click.Path(), default=None, metavar="SAM_BUNDLE",
+              help="A mask-model bundle (clipxai-export-sam): each class's object mask from its points.")
+@click.option("--sam-classes", default=None, help="With --sam: masks for these classes only (comma-separated).")
 @click.option("--smooth", "smoothing", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="ALPHA",
               help="Video mode: exponential moving average of the maps, ALPHA = the newest frame's weight.")
 def main(bundle, inputs, out_dir, classes_text, batch_size, providers, threads, background_threshold,
          slide_stride, short_side, logit_scale, prob_threshold, background_classes, trt_fp16, trt_cache,
-         no_overlays, text_cache, expect_digest, camera, heatmap_class, every_n, smoothing):
+         no_overlays, text_cache, expect_digest, camera, heatmap_class, every_n, sam_bundle, sam_classes, smoothing):
     """Segment images or videos with a clipxai bundle.
 
     Images: heatmap overlays, a segmentation and a JSON per image. Videos (.mp4, .mov, .mkv, ...;
@@ -71,7 +74,7 @@ def main(bundle, inputs, out_dir, classes_text, batch_size, providers, threads, 
                      logit_scale=logit_scale, prob_threshold=prob_threshold, background_classes=background_classes,
                      trt_fp16=trt_fp16, trt_cache=trt_cache, overlays=not no_overlays, text_cache=text_cache,
                      expect_digest=expect_digest, camera=camera, heatmap=heatmap_class, every_n=every_n,
-                     smoothing=smoothing)
+                     smoothing=smoothing, sam=sam_bundle, sam_classes=sam_classes)
     with cli_errors():
         summary = run(job)
     report(summary, out_dir)

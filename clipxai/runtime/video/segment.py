@@ -114,9 +114,10 @@ def legend_box(picture: Image.Image, classes: list[str], colours: np.ndarray) ->
     return picture
 
 
-def annotate(image: Image.Image, pred, heatmap_class: int | None, random_weights: bool = False) -> Image.Image:
-    """The frame for the output video: segmentation tint + legend, or one class's heatmap + its name;
-    a red banner says so on every frame of a random-weights bundle."""
+def annotate(image: Image.Image, pred, heatmap_class: int | None, random_weights: bool = False,
+             masks=None) -> Image.Image:
+    """The frame for the output video: segmentation tint + legend (the SAM masks' label map when there
+    are masks), or one class's heatmap + its name; a red banner on every frame of a random-weights bundle."""
     from clipxai.runtime.visualize import overlay, palette, stamp, tint
     banner = "RANDOM WEIGHTS - not a real result" if random_weights else None
     if heatmap_class is not None:
@@ -124,7 +125,12 @@ def annotate(image: Image.Image, pred, heatmap_class: int | None, random_weights
         name = pred.classes[heatmap_class]
         return stamp(pic, f"{name} - {banner}" if banner else name, in_place=True)
     colours = palette(len(pred.classes))
-    pic = legend_box(tint(image, pred.segmentation, colours), pred.classes, colours)
+    if masks is not None:
+        from clipxai.runtime.sam import label_map
+        labels = label_map(masks, pred)
+    else:
+        labels = pred.segmentation
+    pic = legend_box(tint(image, labels, colours), pred.classes, colours)
     return stamp(pic, banner, in_place=True) if banner else pic
 
 
@@ -160,7 +166,7 @@ def source_frames(path) -> int | None:
 
 def segment_stream(predictor, source, name: str, out_dir: Path, heatmap_class: int | None = None,
                    batch_size: int = 1, every_n: int = 1, smoothing: float | None = None,
-                   subset: list[str] | None = None) -> VideoResult:
+                   subset: list[str] | None = None, sam=(None, None)) -> VideoResult:
     """Run ``predictor.stream`` over a video path or camera index and write the annotated video and the
     JSON Lines file (module docstring). Ctrl-C / SIGTERM end it cleanly (``interrupted``); a decode
     error mid-file ends it with ``stopped`` saying where."""
@@ -177,9 +183,10 @@ def segment_stream(predictor, source, name: str, out_dir: Path, heatmap_class: i
                 for pred in predictor.stream(source, batch_size=batch_size, every_n=every_n, smoothing=smoothing):
                     if subset is not None:
                         pred = pred.select(subset)
-                    picture = annotate(Image.fromarray(pred.frame, "RGB"), pred, heatmap_class,
-                                       predictor.bundle.random_weights)
-                    line = _json_line(pred)
+                    image = Image.fromarray(pred.frame, "RGB")
+                    masks = _sam_masks(sam, image, pred)
+                    picture = annotate(image, pred, heatmap_class, predictor.bundle.random_weights, masks)
+                    line = _json_line(pred, masks)
                     with deferred_interrupts():  # the frame and its line, or neither
                         writer.write(picture)
                         lines.append(line)
@@ -203,8 +210,21 @@ def segment_stream(predictor, source, name: str, out_dir: Path, heatmap_class: i
     return result
 
 
-def _json_line(pred) -> str:
-    return json.dumps(json_safe(frame_record(pred)), ensure_ascii=False, allow_nan=False) + "\n"
+def _sam_masks(sam, image: Image.Image, pred):
+    """SAM's object masks of the frame's classes (class -> ObjectMask or None), or None without --sam."""
+    predictor, classes = sam
+    if predictor is None:
+        return None
+    predictor.set_image(image)
+    return predictor.masks_for(pred, classes)
+
+
+def _json_line(pred, masks=None) -> str:
+    record = frame_record(pred)
+    if masks is not None:
+        from clipxai.runtime.sam import mask_record
+        record["masks"] = {name: mask_record(m) for name, m in masks.items()}
+    return json.dumps(json_safe(record), ensure_ascii=False, allow_nan=False) + "\n"
 
 
 class _progress:
