@@ -2,6 +2,7 @@
 # Build a TensorRT engine for a clipxai bundle with trtexec.
 #
 #   jetson/build_engine.sh BUNDLE [--precision fp16] [--min-batch N] [--opt-batch N] [--max-batch N]
+#   (a CLIP bundle: one engine; a mask-model bundle from clipxai-export-sam: its encoder and decoder)
 #                                 [--fp32-layers auto|none|NAME,...] [--engine-root DIR] [-- TRTEXEC ARGS...]
 #
 # Shapes and precision come from the bundle's manifest (python -m clipxai.runtime.cli.trt_args).
@@ -16,7 +17,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 if [ $# -lt 1 ]; then
@@ -66,53 +67,65 @@ if [ ! -d "$BUNDLE" ]; then
     exit 1
 fi
 
-# The key's folder (emptied first if it holds another key's files); fails without TensorRT or a GPU.
-ENGINE_DIR=$(clipxai_run clipxai.runtime.cli.trt_args "$BUNDLE" "${OPTS[@]}" --emit engine-dir)
-ARGS_FILE="$ENGINE_DIR/trtexec.args"
-LOG="$ENGINE_DIR/build.log"
-PARTIAL="$ENGINE_DIR/model.engine.partial"
-ENGINE="$ENGINE_DIR/model.engine"
+PARTIAL=""
 cleanup() {
-    rm -f "$PARTIAL"
+    [ -z "$PARTIAL" ] || rm -f "$PARTIAL"
 }
 trap cleanup EXIT
 
-clipxai_run clipxai.runtime.cli.trt_args "$BUNDLE" "${OPTS[@]}" --emit args > "$ARGS_FILE"
-mapfile -t TRT_ARGS < "$ARGS_FILE"
-if [ "${#TRT_ARGS[@]}" -eq 0 ]; then
-    echo "error: no trtexec arguments were produced for $BUNDLE" >&2
-    exit 1
-fi
+# One engine per graph: "model" for a CLIP bundle, "encoder" and "decoder" for a mask model (SAM).
+build_graph() {
+    local GRAPH=$1 ENGINE_DIR ARGS_FILE LOG ENGINE BUILT_WITH KEY_VERSION
+    local -a TRT_ARGS
+    # The key's folder (emptied first if it holds another key's files); fails without TensorRT or a GPU.
+    ENGINE_DIR=$(clipxai_run clipxai.runtime.cli.trt_args "$BUNDLE" "${OPTS[@]}" --graph "$GRAPH" --emit engine-dir)
+    ARGS_FILE="$ENGINE_DIR/trtexec.args"
+    LOG="$ENGINE_DIR/build.log"
+    PARTIAL="$ENGINE_DIR/model.engine.partial"
+    ENGINE="$ENGINE_DIR/model.engine"
 
-echo "building $ENGINE"
-echo "  with $TRTEXEC (log: $LOG)"
-rm -f "$ENGINE" "$ENGINE_DIR/engine.json"
-if ! "$TRTEXEC" "${TRT_ARGS[@]}" "--saveEngine=$PARTIAL" "${EXTRA[@]}" > "$LOG" 2>&1; then
-    tail -n 30 "$LOG" >&2
-    echo "error: trtexec failed; full log: $LOG" >&2
-    exit 1
-fi
-if [ ! -s "$PARTIAL" ]; then
-    echo "error: trtexec exited 0 but wrote no engine; see $LOG" >&2
-    exit 1
-fi
+    clipxai_run clipxai.runtime.cli.trt_args "$BUNDLE" "${OPTS[@]}" --graph "$GRAPH" --emit args > "$ARGS_FILE"
+    mapfile -t TRT_ARGS < "$ARGS_FILE"
+    if [ "${#TRT_ARGS[@]}" -eq 0 ]; then
+        echo "error: no trtexec arguments were produced for $BUNDLE ($GRAPH)" >&2
+        exit 1
+    fi
 
-# The engine must come from the TensorRT the key names (trtexec and the Python module could differ).
-BUILT_WITH=$(sed -n 's/.*TensorRT version: *\([0-9][0-9.]*\).*/\1/p' "$LOG" | head -n 1)
-KEY_VERSION=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["trt_version"])' \
-    "$ENGINE_DIR/key.json")
-case "$BUILT_WITH" in
-    *.*)
-        if [ "$BUILT_WITH" != "$KEY_VERSION" ]; then
-            echo "error: trtexec is TensorRT $BUILT_WITH but Python sees TensorRT $KEY_VERSION;" \
-                "use one TensorRT (set TRTEXEC or PYTHON)" >&2
-            exit 1
-        fi
-        ;;
-    *)
-        echo "warning: could not read trtexec's TensorRT version from $LOG; assuming $KEY_VERSION" >&2
-        ;;
-esac
+    echo "building $ENGINE ($GRAPH)"
+    echo "  with $TRTEXEC (log: $LOG)"
+    rm -f "$ENGINE" "$ENGINE_DIR/engine.json"
+    if ! "$TRTEXEC" "${TRT_ARGS[@]}" "--saveEngine=$PARTIAL" "${EXTRA[@]}" > "$LOG" 2>&1; then
+        tail -n 30 "$LOG" >&2
+        echo "error: trtexec failed; full log: $LOG" >&2
+        exit 1
+    fi
+    if [ ! -s "$PARTIAL" ]; then
+        echo "error: trtexec exited 0 but wrote no engine; see $LOG" >&2
+        exit 1
+    fi
 
-mv -f "$PARTIAL" "$ENGINE"
-clipxai_run clipxai.runtime.cli.trt_args "$BUNDLE" "${OPTS[@]}" --emit record
+    # The engine must come from the TensorRT the key names (trtexec and the Python module could differ).
+    BUILT_WITH=$(sed -n 's/.*TensorRT version: *\([0-9][0-9.]*\).*/\1/p' "$LOG" | head -n 1)
+    KEY_VERSION=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["trt_version"])' \
+        "$ENGINE_DIR/key.json")
+    case "$BUILT_WITH" in
+        *.*)
+            if [ "$BUILT_WITH" != "$KEY_VERSION" ]; then
+                echo "error: trtexec is TensorRT $BUILT_WITH but Python sees TensorRT $KEY_VERSION;" \
+                    "use one TensorRT (set TRTEXEC or PYTHON)" >&2
+                exit 1
+            fi
+            ;;
+        *)
+            echo "warning: could not read trtexec's TensorRT version from $LOG; assuming $KEY_VERSION" >&2
+            ;;
+    esac
+
+    mv -f "$PARTIAL" "$ENGINE"
+    clipxai_run clipxai.runtime.cli.trt_args "$BUNDLE" "${OPTS[@]}" --graph "$GRAPH" --emit record
+}
+
+GRAPHS=$(clipxai_run clipxai.runtime.cli.trt_args "$BUNDLE" --emit graphs)
+for GRAPH in $GRAPHS; do
+    build_graph "$GRAPH"
+done

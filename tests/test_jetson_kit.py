@@ -436,3 +436,29 @@ def test_dockerfile_passes_hadolint():
     text = (JETSON / "Dockerfile").read_text()
     assert "nvcr.io/nvidia/l4t-jetpack:" in text and "onnxruntime-gpu" in text
     assert "torch" not in text.replace("no torch", "")
+
+
+def test_build_engine_script_builds_both_graphs_of_a_mask_model(tmp_path):
+    """A mask-model bundle (clipxai-export-sam): an encoder engine with fixed shapes and a decoder engine
+    whose prompt sets and points are dynamic, each under its own key (stand-in trtexec)."""
+    from clipxai.export.sam import SamExportConfig, export_mask_bundle
+    from clipxai.runtime.nvidia.trt_args import mask_plan
+    from tiny_sam import TINY_SAM, save_checkpoint
+    save_checkpoint(TINY_SAM, tmp_path / "t.pth")
+    bundle = export_mask_bundle(SamExportConfig(model="tiny-sam", checkpoint=tmp_path / "t.pth",
+                                                output=tmp_path / "sam", verify=False)).path
+    b = load_bundle(bundle, kind="mask-model")
+    dec = mask_plan(b.manifest, b.path, "decoder", precision="fp16").trtexec_args()
+    assert "--minShapes=image_embeddings:1x256x64x64,point_coords:1x1x2,point_labels:1x1" in dec
+    assert "--maxShapes=image_embeddings:1x256x64x64,point_coords:16x64x2,point_labels:16x64" in dec
+    assert "--fp16" in dec
+    enc = mask_plan(b.manifest, b.path, "encoder").trtexec_args()
+    assert enc[1:4] == ["--minShapes=image:1x3x1024x1024"] * 1 + ["--optShapes=image:1x3x1024x1024",
+                                                                   "--maxShapes=image:1x3x1024x1024"]
+    r = _build(bundle, tmp_path, "--precision", "fp16")
+    assert r.returncode == 0, r.stderr
+    engines = sorted((tmp_path / "cache" / "engines").rglob("model.engine"))
+    assert len(engines) == 2 and "(encoder)" in r.stdout and "(decoder)" in r.stdout
+    for e in engines:
+        assert json.loads((e.parent / "engine.json").read_text())["engine_sha256"] == sha256_file(e)
+    assert engines[0].parent.name != engines[1].parent.name  # one key per graph

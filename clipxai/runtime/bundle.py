@@ -47,8 +47,12 @@ class Bundle:
     path: Path
     manifest: dict
     digest: str = ""
-    graph_data_files: tuple[str, ...] = ()
+    graph_data: dict = field(default_factory=dict)  # {graph file: the files it keeps its weights in}
     _embeddings: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def graph_data_files(self) -> tuple[str, ...]:
+        return tuple(self.graph_data.get(MODEL_FILE, ()))
 
     @property
     def kind(self) -> str:
@@ -78,10 +82,10 @@ class Bundle:
     def model_path(self) -> Path:
         return self.path / MODEL_FILE
 
-    def graph_files(self) -> dict[str, str]:
-        """{file name: sha256} of the image graph: model.onnx and the files of its weights."""
+    def graph_files(self, graph: str = MODEL_FILE) -> dict[str, str]:
+        """{file name: sha256} of a graph (default the image graph, model.onnx) and its weights' files."""
         files = self.manifest["files"]
-        return {name: files[name]["sha256"] for name in (MODEL_FILE, *self.graph_data_files)}
+        return {name: files[name]["sha256"] for name in (graph, *self.graph_data.get(graph, ()))}
 
     @property
     def graph_digest(self) -> str:
@@ -136,9 +140,9 @@ def load_bundle(path: str | Path, verify_digests: bool = True, expect_digest: st
         fpath = _inside(root, resolved_root, name, mpath)
         if verify_digests and sha256_file(fpath) != info["sha256"]:
             raise BundleError(f"{fpath}: sha256 does not match the manifest (corrupt or modified); re-export or re-copy")
-    data_files = _check_graph_data(root, manifest, mpath)
+    graph_data = _check_graph_data(root, manifest, mpath)
     embeddings = _check_embeddings(root, manifest) if TEXT_EMBEDDINGS_FILE in manifest["files"] else None
-    return Bundle(root, manifest, digest, data_files, embeddings)
+    return Bundle(root, manifest, digest, graph_data, embeddings)
 
 
 def _read_manifest_bytes(mpath: Path) -> bytes:
@@ -210,21 +214,20 @@ def _inside(root: Path, resolved_root: Path, name: str, mpath: Path) -> Path:
     return full
 
 
-def _check_graph_data(root: Path, manifest: dict, mpath: Path) -> tuple[str, ...]:
+def _check_graph_data(root: Path, manifest: dict, mpath: Path) -> dict[str, tuple[str, ...]]:
     """Every external-data file of every listed graph (``*.onnx``) must be listed (and so digest-checked).
-    Returns the image graph's."""
+    Returns {graph: its external-data files}."""
     listed = set(manifest["files"])
     graphs = sorted(name for name in listed if name.endswith(".onnx"))
-    image_graph_data: tuple[str, ...] = ()
+    data: dict[str, tuple[str, ...]] = {}
     for graph in graphs:
         locations = external_data_locations(root / graph)
         unlisted = sorted(loc for loc in locations if loc not in listed or loc in graphs)
         if unlisted:
             raise BundleError(f"{root / graph}: keeps tensor data in {unlisted[0]!r}, which {mpath.name} does not "
                               "list with a digest; refusing it (re-export the bundle)")
-        if graph == MODEL_FILE:
-            image_graph_data = tuple(sorted(locations))
-    return image_graph_data
+        data[graph] = tuple(sorted(locations))
+    return data
 
 
 def read_vectors(path: Path, ndim: int) -> np.ndarray:

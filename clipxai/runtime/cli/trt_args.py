@@ -21,17 +21,19 @@ from clipxai.runtime.nvidia.trt_args import emit
               help="auto (LayerNorm, softmax, normalisations), none, or comma-separated layer names.")
 @click.option("--engine-root", type=click.Path(file_okay=False), default=None,
               help="Engine folder root [BUNDLE/engines, or the user cache if the bundle is read-only].")
-@click.option("--emit", "emit_what", type=click.Choice(["args", "engine-dir", "record"]), default="args", show_default=True,
-              help="args: trtexec arguments, one a line; engine-dir: create and print the key's folder; "
-                   "record: write engine.json there after a successful build.")
+@click.option("--graph", default=None, help="A mask-model bundle's graph: encoder or decoder.")
+@click.option("--emit", "emit_what", type=click.Choice(["graphs", "args", "engine-dir", "record"]), default="args",
+              show_default=True,
+              help="graphs: the bundle's graphs to build; args: trtexec arguments, one a line; engine-dir: create "
+                   "and print the key's folder; record: write engine.json there after a successful build.")
 @click.option("--trt-version", default=None, help="Override the detected TensorRT version (cross-checks only).")
 @click.option("--gpu", "gpu_label", default=None, help="Override the detected GPU label (cross-checks only).")
-def main(bundle, precision, min_batch, opt_batch, max_batch, fp32_layers, engine_root, emit_what, trt_version,
+def main(bundle, precision, min_batch, opt_batch, max_batch, fp32_layers, engine_root, graph, emit_what, trt_version,
          gpu_label):
     """Print trtexec arguments for BUNDLE, or the engine folder for this machine's key."""
     with cli_errors():
         click.echo(emit(bundle, emit_what, precision, min_batch, opt_batch, max_batch, fp32_layers, engine_root,
-                        trt_version, gpu_label))
+                        trt_version, gpu_label, graph))
 
 
 if __name__ == "__main__":

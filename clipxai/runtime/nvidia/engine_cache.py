@@ -72,20 +72,26 @@ def engine_precision(bundle_precision: str, trt_fp16: bool = False) -> str:
     return "fp16" if (trt_fp16 and bundle_precision == "fp32") else bundle_precision
 
 
-def model_sha256(bundle) -> str:
-    """The digest of the bundle's image graph (model.onnx and its weights file)."""
-    return bundle.graph_digest
+def model_sha256(bundle, graph: str | None = None) -> str:
+    """The digest of a graph of the bundle and its weights' files (default: the image graph, model.onnx;
+    a mask-model bundle, which has two graphs, names one; without a name, its manifest's digest)."""
+    from clipxai.contract import MODEL_FILE
+    from clipxai.runtime.bundle import files_digest
+    if graph is None:
+        return bundle.graph_digest if MODEL_FILE in bundle.manifest["files"] else bundle.digest
+    return files_digest(bundle.graph_files(graph))
 
 
 def current_key(bundle, builder: str, precision: str, device_id: int = 0,
-                trt_version: str | None = None, gpu_label: str | None = None) -> EngineKey:
-    """The key for this machine (TensorRT version and GPU detected unless given)."""
+                trt_version: str | None = None, gpu_label: str | None = None, graph: str | None = None) -> EngineKey:
+    """The key for this machine (TensorRT version and GPU detected unless given), for the bundle's image
+    graph or the named one."""
     from clipxai.runtime.nvidia import gpu_info
     return EngineKey(builder=builder,
                      trt_version=trt_version or gpu_info.tensorrt_version(),
                      gpu=gpu_label or gpu_info.gpu(device_id).label,
                      precision=precision,
-                     model_sha256=model_sha256(bundle))
+                     model_sha256=model_sha256(bundle, graph))
 
 
 def default_root(bundle, cache_dir: str | Path | None = None) -> Path:

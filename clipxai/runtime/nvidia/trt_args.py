@@ -29,6 +29,16 @@ from clipxai.errors import ClipxaiError
 from clipxai.runtime.nvidia import engine_cache
 from clipxai.runtime.onnx_wire import Node, read_nodes
 
+
+def _kind(bundle_path) -> str:
+    """The kind a bundle's manifest says (validated again when the bundle is loaded)."""
+    import json as _json
+    try:
+        kind = _json.loads((Path(bundle_path) / "manifest.json").read_text(encoding="utf-8")).get("kind", "clip")
+    except (OSError, ValueError, AttributeError):
+        return "clip"  # load_bundle reports what is wrong
+    return kind if kind in ("clip", "mask-model") else "clip"
+
 FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceL2", "ReduceSumSquare", "ReduceMin",
             "ReduceMax", "LpNormalization", "Pow", "Sqrt", "Div", "Sub")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -45,14 +55,22 @@ class BuildPlan:
     opt_batch: int
     max_batch: int
     fp32_layers: tuple[str, ...] = field(default=())
+    # Other graphs (the mask models'): (input, min shape, opt shape, max shape) for every input.
+    inputs: tuple[tuple[str, tuple, tuple, tuple], ...] = field(default=())
 
     def shape(self, batch: int) -> str:
         return f"{INPUT_IMAGE}:{batch}x3x{self.image_size}x{self.image_size}"
 
+    def shapes(self, which: int) -> str:
+        """trtexec's shape list for the min (0), opt (1) or max (2) profile."""
+        if not self.inputs:
+            return self.shape((self.min_batch, self.opt_batch, self.max_batch)[which])
+        return ",".join(f"{name}:{'x'.join(map(str, bounds[which]))}" for name, *bounds in self.inputs)
+
     def trtexec_args(self) -> list[str]:
         """trtexec arguments (without --saveEngine, which the caller adds)."""
-        args = [f"--onnx={self.onnx}", f"--minShapes={self.shape(self.min_batch)}",
-                f"--optShapes={self.shape(self.opt_batch)}", f"--maxShapes={self.shape(self.max_batch)}"]
+        args = [f"--onnx={self.onnx}", f"--minShapes={self.shapes(0)}", f"--optShapes={self.shapes(1)}",
+                f"--maxShapes={self.shapes(2)}"]
         if self.precision == "fp16":
             args.append("--fp16")
         elif self.precision == "int8":
@@ -129,21 +147,67 @@ def plan_from_manifest(manifest: dict, onnx_path: str | Path, precision: str | N
     return BuildPlan(Path(onnx_path), target, s, lo, opt, hi, pinned)
 
 
+MASK_MAX_PROMPTS, MASK_OPT_PROMPTS, MASK_MAX_POINTS = 16, 5, 64
+
+
+def mask_plan(manifest: dict, folder: Path, graph: str, precision: str | None = None, fp32_layers: str = "auto",
+              max_batch: int | None = None) -> BuildPlan:
+    """A mask-model bundle's encoder or decoder -> a BuildPlan: the encoder's shapes are fixed; the
+    decoder takes 1..max_batch prompt sets (default 16, tuned for 5) of 1..64 points."""
+    spec = manifest["graphs"].get(graph)
+    if spec is None:
+        raise ClipxaiError(f"a mask-model bundle has the graphs {', '.join(manifest['graphs'])}; --graph {graph!r} "
+                           "is not one of them")
+    target = precision or manifest.get("precision", "fp32")
+    if target == "int8":
+        raise ClipxaiError("TensorRT builds only explicitly quantized int8 graphs; build an fp16 engine instead")
+    hi = max_batch or MASK_MAX_PROMPTS
+    inputs = []
+    for name, io in spec["inputs"].items():
+        dims = io["shape"]
+        lo_shape = tuple(1 if isinstance(d, str) else d for d in dims)
+        opt_shape = tuple(min(MASK_OPT_PROMPTS, hi) if d == "prompts" else MASK_OPT_PROMPTS if d == "points"
+                          else 1 if isinstance(d, str) else d for d in dims)
+        hi_shape = tuple(hi if d == "prompts" else MASK_MAX_POINTS if d == "points"
+                         else 1 if isinstance(d, str) else d for d in dims)
+        inputs.append((name, lo_shape, opt_shape, hi_shape))
+    path = folder / spec["file"]
+    nodes = read_nodes(path) if target != "fp32" and fp32_layers == "auto" else []
+    pinned = tuple(n.name for n in nodes if n.op_type in FP32_OPS and n.name) if target != "fp32" else ()
+    return BuildPlan(path, target, int(manifest["image_size"]), 1, 1, 1, pinned, tuple(inputs))
+
+
+def graphs_of(manifest: dict) -> list[str]:
+    """The graphs build_engine.sh builds: "model" for a CLIP bundle, "encoder decoder" for a mask model."""
+    return list(manifest["graphs"]) if manifest.get("kind") == "mask-model" else ["model"]
+
+
 def emit(bundle_path: str | Path, what: str, precision: str | None = None, min_batch: int | None = None,
          opt_batch: int | None = None, max_batch: int | None = None, fp32_layers: str = "auto",
          engine_root: str | Path | None = None, trt_version: str | None = None,
-         gpu_label: str | None = None) -> str:
-    """What ``build_engine.sh`` asks for, as text. what: "args" (trtexec arguments, one a line),
-    "engine-dir" (create and name the key's folder), "record" (write engine.json, with the
-    engine's sha256, after a successful build; name the engine)."""
+         gpu_label: str | None = None, graph: str | None = None) -> str:
+    """What ``build_engine.sh`` asks for, as text. what: "graphs" (the graphs to build), "args"
+    (trtexec arguments, one a line), "engine-dir" (create and name the key's folder), "record"
+    (write engine.json, with the engine's sha256, after a successful build; name the engine).
+    graph: a mask-model bundle's "encoder" or "decoder" (a CLIP bundle has one graph, "model")."""
     from clipxai.runtime.bundle import load_bundle
-    b = load_bundle(bundle_path)
-    plan = plan_from_manifest(b.manifest, b.path / MODEL_FILE, precision, min_batch, opt_batch, max_batch,
-                              fp32_layers)
+    b = load_bundle(bundle_path, kind=_kind(bundle_path))
+    if what == "graphs":
+        return " ".join(graphs_of(b.manifest))
+    graph = graph or graphs_of(b.manifest)[0]
+    if b.kind == "mask-model":
+        plan = mask_plan(b.manifest, b.path, graph, precision, fp32_layers, max_batch)
+        graph_file = b.manifest["graphs"][graph]["file"]
+    elif graph != "model":
+        raise ClipxaiError(f"a CLIP bundle has one graph, 'model'; --graph {graph!r} is not it")
+    else:
+        plan = plan_from_manifest(b.manifest, b.path / MODEL_FILE, precision, min_batch, opt_batch, max_batch,
+                                  fp32_layers)
+        graph_file = None
     if what == "args":
         return "\n".join(plan.trtexec_args())
     key = engine_cache.current_key(b, engine_cache.TRTEXEC, plan.precision, trt_version=trt_version,
-                                   gpu_label=gpu_label)
+                                   gpu_label=gpu_label, graph=graph_file)
     root = Path(engine_root) if engine_root else engine_cache.default_root(b)
     if what == "engine-dir":
         return str(engine_cache.key_dir(root, key))
