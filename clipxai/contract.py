@@ -50,6 +50,8 @@ OUTPUT_SIMILARITY = "similarity"     # float32 [B, N, K], patch tokens after fea
 OUTPUT_SCORES = "scores"             # float32 [B, K], softmax(logit_scale * cos) of the class token
 OUTPUT_HEATMAPS = "heatmaps"         # float32 [B, K, g, g], per-class min-max over the N patches
 OUTPUTS = (OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS)
+# Image-graph output of bundles exported with --text-explainer: plain CLIP's image embedding.
+OUTPUT_EMBEDDING = "image_embedding"  # float32 [B, D], L2-normalised (the class token the scores use)
 
 # Image-graph inputs of a text-encoder bundle (the vocabulary is data, not constants).
 INPUT_TEXT = "text"                  # float32 [K, D], L2-normalised prompt-ensemble class embeddings
@@ -60,6 +62,12 @@ TEXT_INPUT_IDS = "input_ids"         # int64 [P, L], L <= CONTEXT_LENGTH; ids af
 TEXT_INPUT_EOT = "eot_index"         # int64 [P], position of the end-of-text token in each row
 TEXT_OUTPUT = "embeddings"           # float32 [P, D], NOT normalised
 CONTEXT_LENGTH = 77
+
+# The text-explainer graph (--text-explainer): Grad-ECLIP's word weights (docs/design.md §11).
+TEXT_EXPLAINER_FILE = "text_explainer.onnx"
+EXPLAIN_INPUT_EMBEDDING = OUTPUT_EMBEDDING    # float32 [D], the image graph's output for one image
+EXPLAIN_OUTPUT_WEIGHTS = "token_weights"      # float32 [P, 77]: tokens 1..eot-1 sum to 1, zero elsewhere
+EXPLAIN_OUTPUT_COSINE = "cosine"              # float32 [P]: the image-text cosine being explained
 
 # Feature-surgery redundancy modes (docs/design.md §6).
 REDUNDANCY_MODES = ("classes", "empty", "none")

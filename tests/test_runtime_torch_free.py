@@ -108,25 +108,34 @@ TEXT_SCRIPT = textwrap.dedent("""
              standalone_mode=False)
     except SystemExit as e:
         assert not e.code, e.code
+    words = p.explain_text(sys.argv[2], "a red mug on a table").words()
+    from clipxai.runtime.cli.explain import main as explain
+    import clipxai.eval.faithfulness, clipxai.eval.explanations  # noqa: F401
+    try:
+        explain([sys.argv[1], sys.argv[2], "--text", "a red mug", "--out", sys.argv[3] + "/x"], standalone_mode=False)
+    except SystemExit as e:
+        assert not e.code, e.code
     tops = {m.split(".")[0] for m in sys.modules if not m.startswith("__editable__")}
     third = sorted(tops - set(sys.stdlib_module_names) - {"clipxai", "__main__", "_distutils_hack"})
     print(json.dumps({"ids": ids[0, :8].tolist(), "classes": pred.classes, "maps": list(pred.heatmaps_grid.shape),
-                      "third_party": third, "torch_loaded": "torch" in sys.modules}))
+                      "third_party": third, "torch_loaded": "torch" in sys.modules, "words": [w for w, _ in words]}))
 """)
 
 
-def test_tokenizer_and_set_classes_run_with_torch_blocked(tmp_path_factory, tmp_path):
+def test_tokenizer_set_classes_and_explain_run_with_torch_blocked(tmp_path_factory, tmp_path):
     import open_clip
     from clipxai.export.pipeline import ExportConfig, export_bundle
     bundle = export_bundle(ExportConfig(output=tmp_path_factory.mktemp("tft") / "b", classes=["sky", "rocket"],
                                         backbone=TINY.name, pretrained="random", image_size=32,
-                                        text_encoder=True)).path
+                                        text_encoder=True, text_explainer=True)).path
     r = subprocess.run([sys.executable, "-c", TEXT_SCRIPT, str(bundle), str(ROCKET), str(tmp_path / "out"),
                         str(tmp_path / "cache")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout.strip().splitlines()[-1])
     assert info["ids"] == open_clip.get_tokenizer(TINY.open_clip_name)("a photo of a red mug.")[0, :8].tolist()
     assert info["classes"] == ["red mug", "table"] and info["maps"] == [2, 4, 4]
+    assert info["words"] == ["a", "red", "mug", "on", "a", "table"]
+    assert (tmp_path / "out" / "x" / "rocket_words.png").exists()
     assert not info["torch_loaded"]
     assert set(info["third_party"]) <= ALLOWED, set(info["third_party"]) - ALLOWED
     rec = json.loads((tmp_path / "out" / "rocket.json").read_text())

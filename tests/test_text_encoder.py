@@ -24,10 +24,11 @@ ROCKET = Path(__file__).parent.parent / "examples" / "rocket.jpg"
 TOL = 1e-4
 
 
-def _export(out, classes, text_encoder, redundancy=None):
+def _export(out, classes, text_encoder, redundancy=None, method="surgery"):
     from clipxai.export.pipeline import ExportConfig, export_bundle
     return export_bundle(ExportConfig(output=out, classes=classes, backbone=TINY.name, pretrained="random",
-                                      image_size=32, text_encoder=text_encoder, redundancy=redundancy)).path
+                                      image_size=32, text_encoder=text_encoder, redundancy=redundancy,
+                                      method=method)).path
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +105,18 @@ def test_heatmaps_of_a_device_vocabulary_equal_an_export_with_it(te_bundle, bake
     device.set_classes(["red mug", "table", "sky"], cache=tmp_path / "cache")
     exported = Predictor.from_bundle(baked3, providers="cpu")
     assert device.classes == exported.classes == ["red mug", "table", "sky"]
+    _assert_same_predictions(device.predict_batch(_images()), exported.predict_batch(_images()))
+
+
+@pytest.mark.parametrize("method", ["grad-eclip", "maskclip"])
+def test_methods_without_feature_surgery_take_device_vocabularies(method, tmp_path):
+    """Their graphs have no redundancy input (the exporter drops an unused input): the manifest, the
+    verification and the runtime agree on that, and the maps equal an export with the classes."""
+    device = Predictor.from_bundle(_export(tmp_path / "te", ["sky", "rocket"], True, method=method), providers="cpu")
+    assert INPUT_REDUNDANCY not in read_manifest(device.bundle.path)["graph"]["inputs"]
+    device.set_classes(["red mug", "table", "sky"], cache=False)
+    exported = Predictor.from_bundle(_export(tmp_path / "b", ["red mug", "table", "sky"], False, method=method),
+                                     providers="cpu")
     _assert_same_predictions(device.predict_batch(_images()), exported.predict_batch(_images()))
 
 

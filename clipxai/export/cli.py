@@ -72,6 +72,10 @@ def _human(n: int) -> str:
 @click.option("--text-batch-size", type=click.IntRange(1), default=256, show_default=True, help="Prompts per text-encoder batch.")
 @click.option("--text-encoder", is_flag=True,
               help="Also export the text tower and BPE vocabulary, so the device can set any classes.")
+@click.option("--text-explainer", is_flag=True,
+              help="With --text-encoder: add Grad-ECLIP's word explainer (clipxai-explain, Predictor.explain_text).")
+@click.option("--explainer-blocks", type=click.IntRange(1), default=8, show_default=True,
+              help="With --text-explainer: the last N text blocks it re-runs with one head (the reference's 8).")
 @click.option("--int8-layers", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
               help="int8: auto keeps the weight MatMuls that measurably hurt the maps in fp32 "
                    "(docs/performance.md); all quantizes every one.")
@@ -97,6 +101,8 @@ def report(result) -> None:
                    f"scores {v['scores']:.2e} (tolerance {v['tolerance']:g}, batch {v['batch']})")
         if "text_encoder" in v:
             click.echo(f"verified text encoder: max abs error {v['text_encoder']:.2e} (normalised embeddings)")
+        if "text_explainer" in v:
+            click.echo(f"verified word explainer: max abs error {v['text_explainer']:.2e} (weights and cosines)")
     else:
         click.echo("verification skipped (--no-verify)")
     f = result.manifest.get("fidelity")
@@ -128,7 +134,7 @@ def _image_files(folder: str) -> list[Path]:
 
 def run(backbone, method, pretrained, classes_text, classes_file, image_size, redundancy, precision,
         fidelity_images, output, overwrite, force, no_verify, opset, cache_dir, text_batch_size, text_encoder=False,
-        int8_layers="auto", sensitivity_report=False):
+        int8_layers="auto", sensitivity_report=False, text_explainer=False, explainer_blocks=8):
     """The options of ``clipxai-export`` -> ``export_bundle``'s result."""
     # Imported here so that `--help` and option errors stay fast and torch-free.
     from clipxai.vocabulary import parse_class_list, read_classes_file
@@ -146,7 +152,8 @@ def run(backbone, method, pretrained, classes_text, classes_file, image_size, re
                        image_size=image_size, redundancy=redundancy, overwrite=overwrite, force=force,
                        verify=not no_verify, opset=opset, cache_dir=cache_dir, text_batch_size=text_batch_size, precision=precision,
                        fidelity_images=_image_files(fidelity_images) if fidelity_images else None,
-                       text_encoder=text_encoder, int8_layers=int8_layers, report=sensitivity_report)
+                       text_encoder=text_encoder, int8_layers=int8_layers, report=sensitivity_report,
+                       text_explainer=text_explainer, explainer_blocks=explainer_blocks)
     return export_bundle(cfg, ClickReporter())
 
 

@@ -72,6 +72,8 @@ def _session(path: Path, provider: str) -> ort.InferenceSession:
 
 
 def _run(sess: ort.InferenceSession, x: np.ndarray, extra: dict, batch: int = 4):
+    inputs = {i.name for i in sess.get_inputs()}
+    extra = {k: v for k, v in extra.items() if k in inputs}  # methods without feature surgery: no redundancy
     outs = [sess.run([OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS], {INPUT_IMAGE: x[i:i + batch], **extra})
             for i in range(0, len(x), batch)]
     return [np.concatenate(parts) for parts in zip(*outs)]

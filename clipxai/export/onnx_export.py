@@ -14,7 +14,8 @@ from torch import nn
 
 import clipxai
 from clipxai.contract import (
-    INPUT_IMAGE, INPUT_REDUNDANCY, INPUT_TEXT, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY, OUTPUTS,
+    INPUT_IMAGE, INPUT_REDUNDANCY, INPUT_TEXT, OUTPUT_EMBEDDING, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY,
+    OUTPUTS,
 )
 
 MIN_OPSET = 17
@@ -27,7 +28,8 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET,
 
     embed_dim: None for ``forward(image)`` (vocabulary baked in); D for a module
     ``forward(image, text [K, D], redundancy [D])`` exported with the vocabulary
-    as inputs and a dynamic K.
+    as inputs and a dynamic K. A model with ``with_embedding`` set has a fourth output,
+    image_embedding [B, D].
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} < {MIN_OPSET}")
@@ -44,13 +46,17 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET,
         dynamic = {INPUT_IMAGE: {0: "batch"}, INPUT_TEXT: {0: "classes"},
                    OUTPUT_SIMILARITY: {0: "batch", 2: "classes"}, OUTPUT_SCORES: {0: "batch", 1: "classes"},
                    OUTPUT_HEATMAPS: {0: "batch", 1: "classes"}}
+    outputs = list(OUTPUTS)
+    if getattr(model, "with_embedding", False):
+        outputs.append(OUTPUT_EMBEDDING)
+        dynamic[OUTPUT_EMBEDDING] = {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript-based exporter is deprecated but fast and exports this
         # graph exactly; the dynamo exporter is the switch to flip when it is removed.
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model.eval(), dummy, str(path),
-            input_names=names, output_names=list(OUTPUTS), dynamic_axes=dynamic,
+            input_names=names, output_names=outputs, dynamic_axes=dynamic,
             opset_version=opset, do_constant_folding=True, dynamo=False,
         )
     return finish_graph(path, data_file)
@@ -59,6 +65,8 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET,
 def finish_graph(path: str | Path, data_file: str | None = None) -> onnx.ModelProto:
     """The pass every exported graph gets: fold constants, clean up, toposort, stamp, save, full check."""
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its size notes are not for users
+    import onnxruntime as ort
+    ort.set_default_logger_severity(3)  # nor are onnxruntime's optimizer notes while it folds constants
     graph = gs.import_onnx(onnx.load(str(path)))
     graph.fold_constants().cleanup().toposort()
     proto = gs.export_onnx(graph)

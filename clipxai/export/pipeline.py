@@ -22,6 +22,7 @@ from clipxai.contract import (
     PRECISIONS,
     OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY, REDUNDANCY_AUTO, REDUNDANCY_FILE, REDUNDANCY_MODES,
     SCHEMA_VERSION, TEXT_EMBEDDINGS_FILE, TEXT_ENCODER_FILE, TEXT_INPUT_EOT, TEXT_INPUT_IDS, TEXT_OUTPUT,
+    EXPLAIN_INPUT_EMBEDDING, EXPLAIN_OUTPUT_COSINE, EXPLAIN_OUTPUT_WEIGHTS, OUTPUT_EMBEDDING, TEXT_EXPLAINER_FILE,
 )
 from clipxai.errors import ClipxaiError, VerificationError
 from clipxai.export.bundle import bundle_size, check_output, finalize_manifest, staged_bundle
@@ -33,14 +34,20 @@ from clipxai.export.graph import BakedVocabulary
 from clipxai.export.methods import build_method_graph, check_method, uses_redundancy
 from clipxai.export.onnx_export import MIN_OPSET, export_onnx, save_graph
 from clipxai.export.precision import convert
-from clipxai.export.text_graph import TextTowerOnnxModel, export_text_onnx, verify_text_onnx
+from clipxai.export.text_graph import (
+    TextTowerOnnxModel, export_explainer_onnx, export_text_onnx, verify_explainer_onnx, verify_text_onnx,
+)
 from clipxai.export.verify import verify_onnx
 from clipxai.models.backbones import DEFAULT_BACKBONE, resolve_backbone
 from clipxai.models.loading import OPENAI, RANDOM, load_clip
 from clipxai.models.text import TEMPLATE_SET, TEMPLATES, encode_vocabulary, redundancy_vector
+from clipxai.models.text_explainer import DEFAULT_BLOCKS, TextExplainer
 from clipxai.vocabulary import validate_classes
 
 FP32_TOLERANCE = 1e-4
+# Sentences the word explainer is verified on at export: short, with punctuation, cut at 77 tokens.
+EXPLAINER_CHECK_TEXTS = ["a dog.", "a dog in a car, waiting for traffic lights!",
+                         " ".join(["a photo of a small red car parked next to a tree"] * 9)]
 
 
 @dataclass
@@ -65,6 +72,8 @@ class ExportConfig:
     text_encoder: bool = False  # add the text tower and BPE vocabulary; vocabulary becomes a graph input
     int8_layers: str = "auto"  # int8: "auto" (accuracy-aware, int8_selection.py) or "all" weight MatMuls
     report: bool = False       # int8: print the per-layer sensitivity table
+    text_explainer: bool = False  # add Grad-ECLIP's word explainer graph (needs text_encoder)
+    explainer_blocks: int = DEFAULT_BLOCKS  # the last n text blocks it re-runs with one head
 
 
 @dataclass
@@ -115,6 +124,11 @@ def _validate(cfg: ExportConfig) -> None:
         raise ClipxaiError(f"unknown precision {cfg.precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if not 0 < cfg.image_size <= MAX_IMAGE_SIZE:
         raise ClipxaiError(f"--image-size {cfg.image_size} is out of range; use 1..{MAX_IMAGE_SIZE}")
+    if cfg.text_explainer and not cfg.text_encoder:
+        raise ClipxaiError("--text-explainer needs --text-encoder (the device tokenizes the sentence and encodes it "
+                           "for the image-side map); add --text-encoder")
+    if cfg.explainer_blocks < 1:
+        raise ClipxaiError(f"--explainer-blocks must be >= 1, got {cfg.explainer_blocks}")
 
 
 @dataclass
@@ -162,7 +176,8 @@ def _encode_text(cfg: ExportConfig, plan: _Plan, model, tokenizer, rep: Reporter
     return text, redundancy
 
 
-def _write_graphs(cfg: ExportConfig, staging: Path, graph_model, model, text, redundancy, rep: Reporter) -> None:
+def _write_graphs(cfg: ExportConfig, staging: Path, graph_model, model, text, redundancy, rep: Reporter,
+                  explainer: TextExplainer | None = None) -> None:
     grid = graph_model.grid
     rep.step(f"exporting ONNX graph (opset {cfg.opset}, {cfg.image_size}x{cfg.image_size}, grid {grid}x{grid})")
     export_onnx(graph_model, staging / MODEL_FILE, cfg.opset, embed_dim=text.shape[1] if cfg.text_encoder else None,
@@ -173,10 +188,13 @@ def _write_graphs(cfg: ExportConfig, staging: Path, graph_model, model, text, re
         rep.step(f"exporting the text encoder (dynamic length <= {CONTEXT_LENGTH}) and the BPE vocabulary")
         export_text_onnx(TextTowerOnnxModel(model).eval(), staging / TEXT_ENCODER_FILE, cfg.opset)
         shutil.copyfile(open_clip.tokenizer.default_bpe(), staging / BPE_VOCAB_FILE)
+    if explainer is not None:
+        rep.step(f"exporting the word explainer (Grad-ECLIP, last {explainer.n} text blocks, gradient in closed form)")
+        export_explainer_onnx(explainer.eval(), staging / TEXT_EXPLAINER_FILE, cfg.opset, text.shape[1])
 
 
 def _verify(cfg: ExportConfig, staging: Path, graph_model, loaded, tokenizer, classes, vocabulary,
-            rep: Reporter) -> dict:
+            rep: Reporter, explainer: TextExplainer | None = None) -> dict:
     """Max abs errors of onnxruntime against PyTorch; VerificationError above the tolerance."""
     rep.step("verifying onnxruntime against PyTorch (batch 2)")
     errs = verify_onnx(staging / MODEL_FILE, graph_model, loaded.mean, loaded.std, vocabulary=vocabulary)
@@ -188,11 +206,16 @@ def _verify(cfg: ExportConfig, staging: Path, graph_model, loaded, tokenizer, cl
         lengths = (ids == tokenizer.eot_token_id).argmax(axis=1) + 1  # through the first end token
         verification["text_encoder"] = verify_text_onnx(staging / TEXT_ENCODER_FILE, loaded.model, ids, lengths)
         worst = max(worst, verification["text_encoder"])
+    if explainer is not None:
+        ids = tokenizer(EXPLAINER_CHECK_TEXTS).numpy()
+        image = vocabulary[0][0]  # any unit vector does; the first class's embedding is a realistic one
+        verification["text_explainer"] = verify_explainer_onnx(staging / TEXT_EXPLAINER_FILE, explainer, ids, image)
+        worst = max(worst, verification["text_explainer"], errs.get(OUTPUT_EMBEDDING, 0.0))
     if not worst <= cfg.tolerance:  # also catches NaN
         raise VerificationError(
             f"ONNX graph disagrees with PyTorch: max abs error similarity {errs['similarity']:.3g}, "
-            f"heatmaps {errs['heatmaps']:.3g}, text encoder {verification.get('text_encoder', 0):.3g} "
-            f"> {cfg.tolerance:g}; no bundle written"
+            f"heatmaps {errs['heatmaps']:.3g}, text encoder {verification.get('text_encoder', 0):.3g}, "
+            f"word explainer {verification.get('text_explainer', 0):.3g} > {cfg.tolerance:g}; no bundle written"
         )
     return verification
 
@@ -212,6 +235,10 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
     text, redundancy = _encode_text(cfg, plan, loaded.model, tokenizer, rep)
 
     built = build_method_graph(cfg.method, loaded.model.visual, plan.spec, cfg.image_size, plan.mode)
+    explainer = None
+    if cfg.text_explainer:
+        explainer = TextExplainer(loaded.model, cfg.explainer_blocks, plan.spec.name).eval()
+        built.module.with_embedding = True
     if cfg.text_encoder:
         graph_model = built.module.eval()
         vocabulary = (text.numpy().astype(np.float32), redundancy.numpy().astype(np.float32))
@@ -220,13 +247,14 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
         vocabulary = None
 
     with staged_bundle(Path(cfg.output), cfg.overwrite) as staging:
-        _write_graphs(cfg, staging, graph_model, loaded.model, text, redundancy, rep)
+        _write_graphs(cfg, staging, graph_model, loaded.model, text, redundancy, rep, explainer)
         verification = None
         if cfg.verify:
-            verification = _verify(cfg, staging, graph_model, loaded, tokenizer, plan.classes, vocabulary, rep)
+            verification = _verify(cfg, staging, graph_model, loaded, tokenizer, plan.classes, vocabulary, rep,
+                                   explainer)
         fidelity = _lower_precision(cfg, staging, loaded, rep, vocabulary) if cfg.precision != "fp32" else None
         manifest = build_manifest(cfg, loaded, plan.spec, plan.classes, plan.mode, graph_model.grid, text.shape[1],
-                                  verification, built.pos_embed_resize)
+                                  verification, built.pos_embed_resize, explainer)
         manifest["fidelity"] = fidelity
         manifest = finalize_manifest(staging, manifest)
     output = Path(cfg.output)
@@ -249,6 +277,8 @@ def _lower_precision(cfg: ExportConfig, staging: Path, loaded, rep: Reporter, vo
     gpu = "CUDAExecutionProvider"
     provider = gpu if prec == "fp16" and gpu in ort.get_available_providers() else "CPUExecutionProvider"
     extra = {} if vocabulary is None else {INPUT_TEXT: vocabulary[0], INPUT_REDUNDANCY: vocabulary[1]}
+    if not uses_redundancy(cfg.method):
+        extra.pop(INPUT_REDUNDANCY, None)  # the graph has no such input (int8_selection feeds it as given)
     x = preprocess_images(images, loaded.mean, loaded.std)
     reference = run_outputs(staging / MODEL_FILE, x, extra)
     if prec == "int8" and cfg.int8_layers == "auto":
@@ -345,14 +375,30 @@ def _text_encoder_manifest(embed_dim: int) -> dict:
     }
 
 
-def build_manifest(cfg, loaded, spec, classes, mode, grid, embed_dim, verification, pos_embed_resize) -> dict:
+def _text_explainer_manifest(embed_dim: int, blocks: int) -> dict:
+    return {
+        "file": TEXT_EXPLAINER_FILE,
+        "method": "grad-eclip-text",
+        "blocks": blocks,
+        "context_length": CONTEXT_LENGTH,
+        "inputs": {TEXT_INPUT_IDS: {"dtype": "int64", "shape": ["texts", CONTEXT_LENGTH]},
+                   TEXT_INPUT_EOT: {"dtype": "int64", "shape": ["texts"]},
+                   EXPLAIN_INPUT_EMBEDDING: {"dtype": "float32", "shape": [embed_dim]}},
+        "outputs": {EXPLAIN_OUTPUT_WEIGHTS: {"dtype": "float32", "shape": ["texts", CONTEXT_LENGTH]},
+                    EXPLAIN_OUTPUT_COSINE: {"dtype": "float32", "shape": ["texts"]}},
+    }
+
+
+def build_manifest(cfg, loaded, spec, classes, mode, grid, embed_dim, verification, pos_embed_resize,
+                   explainer: TextExplainer | None = None) -> dict:
     n = grid * grid
     k = "classes" if cfg.text_encoder else len(classes)
     s = cfg.image_size
     inputs = {INPUT_IMAGE: {"dtype": "float32", "shape": ["batch", 3, s, s]}}
     if cfg.text_encoder:
         inputs[INPUT_TEXT] = {"dtype": "float32", "shape": ["classes", embed_dim]}
-        inputs[INPUT_REDUNDANCY] = {"dtype": "float32", "shape": [embed_dim]}
+        if uses_redundancy(cfg.method):  # the exported graph drops an input its method never reads
+            inputs[INPUT_REDUNDANCY] = {"dtype": "float32", "shape": [embed_dim]}
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "kind": KIND_CLIP,
@@ -393,4 +439,7 @@ def build_manifest(cfg, loaded, spec, classes, mode, grid, embed_dim, verificati
     }
     if cfg.text_encoder:
         manifest["text_encoder"] = _text_encoder_manifest(embed_dim)
+    if explainer is not None:
+        manifest["graph"]["outputs"][OUTPUT_EMBEDDING] = {"dtype": "float32", "shape": ["batch", embed_dim]}
+        manifest["text_explainer"] = _text_explainer_manifest(embed_dim, explainer.n)
     return manifest

@@ -1,4 +1,6 @@
-"""The text tower as its own ONNX graph (bundles exported with ``--text-encoder``).
+"""The text tower as its own ONNX graph (bundles exported with ``--text-encoder``),
+and Grad-ECLIP's word explainer as another (``--text-explainer``, see
+clipxai/models/text_explainer.py).
 
     forward(input_ids int64 [P, L], eot_index int64 [P]) -> embeddings float32 [P, D]
 
@@ -19,9 +21,13 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from clipxai.contract import CONTEXT_LENGTH, TEXT_INPUT_EOT, TEXT_INPUT_IDS, TEXT_OUTPUT
+from clipxai.contract import (
+    CONTEXT_LENGTH, EXPLAIN_INPUT_EMBEDDING, EXPLAIN_OUTPUT_COSINE, EXPLAIN_OUTPUT_WEIGHTS, TEXT_INPUT_EOT,
+    TEXT_INPUT_IDS, TEXT_OUTPUT,
+)
 from clipxai.export.onnx_export import finish_graph
 from clipxai.models.attention import plain_block
+from clipxai.models.text_explainer import TextExplainer
 
 
 class TextTowerOnnxModel(nn.Module):
@@ -70,9 +76,7 @@ def export_text_onnx(model: TextTowerOnnxModel, path: str | Path, opset: int) ->
 def verify_text_onnx(path: str | Path, model: nn.Module, ids: np.ndarray, lengths: np.ndarray) -> float:
     """Max abs error of the L2-normalised embeddings: onnxruntime (cut to the longest
     sequence) against open_clip's ``encode_text`` on the full 77-token rows."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = _session(path)
     cut = int(lengths.max())
     ours = sess.run([TEXT_OUTPUT], {TEXT_INPUT_IDS: ids[:, :cut], TEXT_INPUT_EOT: lengths - 1})[0]
     with torch.no_grad():
@@ -81,3 +85,37 @@ def verify_text_onnx(path: str | Path, model: nn.Module, ids: np.ndarray, length
     def unit(a):
         return a / np.linalg.norm(a, axis=-1, keepdims=True)
     return float(np.abs(unit(ours) - unit(theirs)).max())
+
+
+def _session(path: str | Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def export_explainer_onnx(model: TextExplainer, path: str | Path, opset: int, embed_dim: int) -> None:
+    """Export the word explainer: ids [P, 77], eot [P], image embedding [D] -> weights [P, 77], cosine [P]."""
+    ids = torch.zeros(2, CONTEXT_LENGTH, dtype=torch.long)
+    ids[:, 0], ids[:, 1], ids[:, 2], ids[:, 3] = 49406, 320, 1929, 49407
+    eot = torch.full((2,), 3, dtype=torch.long)
+    image = torch.nn.functional.normalize(torch.ones(embed_dim), dim=0)
+    dynamic = {TEXT_INPUT_IDS: {0: "texts"}, TEXT_INPUT_EOT: {0: "texts"}, EXPLAIN_OUTPUT_WEIGHTS: {0: "texts"},
+               EXPLAIN_OUTPUT_COSINE: {0: "texts"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (ids, eot, image), str(path),
+                          input_names=[TEXT_INPUT_IDS, TEXT_INPUT_EOT, EXPLAIN_INPUT_EMBEDDING],
+                          output_names=[EXPLAIN_OUTPUT_WEIGHTS, EXPLAIN_OUTPUT_COSINE], dynamic_axes=dynamic,
+                          opset_version=opset, do_constant_folding=True, dynamo=False)
+    finish_graph(path)
+
+
+def verify_explainer_onnx(path: str | Path, model: TextExplainer, ids: np.ndarray, image: np.ndarray) -> float:
+    """Max abs error of the word weights and cosines: onnxruntime against the PyTorch module
+    (whose closed-form gradient tests/test_text_explainer.py checks against torch.autograd)."""
+    eot = (ids == ids.max(axis=1, keepdims=True)).argmax(axis=1).astype(np.int64)
+    feeds = {TEXT_INPUT_IDS: ids, TEXT_INPUT_EOT: eot, EXPLAIN_INPUT_EMBEDDING: image}
+    ours = _session(path).run([EXPLAIN_OUTPUT_WEIGHTS, EXPLAIN_OUTPUT_COSINE], feeds)
+    with torch.no_grad():
+        theirs = model(*(torch.from_numpy(v) for v in (ids, eot, image)))
+    return max(float(np.abs(a - b.numpy()).max()) for a, b in zip(ours, theirs))

@@ -9,7 +9,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from clipxai.contract import INPUT_IMAGE, INPUT_REDUNDANCY, INPUT_TEXT, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
+from clipxai.contract import (
+    INPUT_IMAGE, INPUT_REDUNDANCY, INPUT_TEXT, OUTPUT_EMBEDDING, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY,
+)
 
 
 def verification_images(size: int, mean, std, batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -27,7 +29,7 @@ def verification_images(size: int, mean, std, batch: int = 2, seed: int = 0) -> 
 
 def verify_onnx(onnx_path: str | Path, model: nn.Module, mean, std, batch: int = 2,
                 vocabulary: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
-    """Max abs errors {similarity, heatmaps, scores} of the ONNX graph vs torch, batch 2.
+    """Max abs errors {similarity, heatmaps, scores[, image_embedding]} of the ONNX graph vs torch, batch 2.
 
     vocabulary: (text [K, D], redundancy [D]) for a graph that takes them as inputs.
     """
@@ -35,17 +37,17 @@ def verify_onnx(onnx_path: str | Path, model: nn.Module, mean, std, batch: int =
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    inputs = {i.name for i in sess.get_inputs()}  # a method without feature surgery has no redundancy input
     feeds = {INPUT_IMAGE: x}
     args = [torch.from_numpy(x)]
     if vocabulary is not None:
         feeds.update({INPUT_TEXT: vocabulary[0], INPUT_REDUNDANCY: vocabulary[1]})
         args += [torch.from_numpy(vocabulary[0]), torch.from_numpy(vocabulary[1])]
-    sim, scores, maps = sess.run([OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS], feeds)
+    names = [OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS]
+    if getattr(model, "with_embedding", False):
+        names.append(OUTPUT_EMBEDDING)
+    ours = sess.run(names, {k: v for k, v in feeds.items() if k in inputs})
     with torch.no_grad():
-        t_sim, t_scores, t_maps = (t.numpy() for t in model(*args))
-    return {
-        "similarity": float(np.abs(sim - t_sim).max()),
-        "heatmaps": float(np.abs(maps - t_maps).max()),
-        "scores": float(np.abs(scores - t_scores).max()),
-        "batch": batch,
-    }
+        theirs = [t.numpy() for t in model(*args)]
+    errors = {name: float(np.abs(a - b).max()) for name, a, b in zip(names, ours, theirs)}
+    return {**errors, "batch": batch}

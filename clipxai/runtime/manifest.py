@@ -136,6 +136,10 @@ CLIP_FIELDS: tuple[Field, ...] = COMMON_FIELDS + (
     Field("weights", optional(mapping), required=False),
     Field("fidelity", optional(mapping), required=False),
     Field("text_encoder", optional(mapping), required=False),
+    Field("text_explainer", optional(mapping), required=False),
+    Field("text_explainer.blocks", integer(1, 1024), required=False),
+    Field("text_explainer.inputs", tensor_specs, required=False),
+    Field("text_explainer.outputs", tensor_specs, required=False),
 )
 
 def positive(v) -> str | None:

@@ -14,7 +14,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from clipxai.common.cache import cache_root
-from clipxai.contract import INPUT_IMAGE, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
+from clipxai.contract import INPUT_IMAGE, OUTPUT_EMBEDDING, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
 from clipxai.errors import ClipxaiError
 from clipxai.runtime.bundle import Bundle, check_graph_io, load_bundle
 from clipxai.runtime.postprocess import SegmentOptions
@@ -43,6 +43,7 @@ class Predictor:
         self._outputs = [OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS]
         self._buffer = np.empty((0, 3, bundle.image_size, bundle.image_size), np.float32)
         self._text_encoder = None
+        self._word_explainer = None
         self.vocabulary = initial_vocabulary(bundle)  # None: the vocabulary is baked into the graph
         self.cache_dir: str | Path | None = None  # root of the caches (text encodings)
 
@@ -136,7 +137,7 @@ class Predictor:
     def graph_feeds(self, images: np.ndarray) -> dict:
         """The graph's inputs for preprocessed images [B, 3, S, S] (plus the vocabulary
         of a --text-encoder bundle)."""
-        return {INPUT_IMAGE: images, **vocabulary_feeds(self.vocabulary)}
+        return {INPUT_IMAGE: images, **vocabulary_feeds(self.vocabulary, self.bundle.manifest["graph"]["inputs"])}
 
     def _run(self, pil) -> list[Prediction]:
         b, s = len(pil), self.bundle.image_size
@@ -156,6 +157,30 @@ class Predictor:
         classes = self.classes
         return [Prediction(classes, sim[i], scores[i], maps[i], tuple(size), self.background_threshold,
                            self.segment_options) for i, size in enumerate(sizes)]
+
+    def image_embedding(self, image: ImageInput) -> np.ndarray:
+        """Plain CLIP's L2-normalised image embedding, float32 [D] (bundles exported with --text-explainer)."""
+        from clipxai.runtime.explain.text import require_text_explainer
+        require_text_explainer(self.bundle)
+        x = self.preprocess(open_image(image, self.max_pixels))[None]
+        return self.session.run([OUTPUT_EMBEDDING], self.graph_feeds(x))[0][0]
+
+    def explain_text(self, image: ImageInput, text: str | Sequence[str], truncate: bool = False):
+        """Which words of ``text`` made CLIP match ``image``: Grad-ECLIP's text side (docs/explain.md).
+
+        text: one sentence -> a ``TextExplanation`` (tokens, weights [T] summing to 1, cosine);
+        a list of P sentences -> P of them, run as one batch. A text longer than CLIP's 77 tokens
+        is refused (the error says where it would be cut) unless truncate=True.
+        Needs a bundle exported with ``--text-encoder --text-explainer``.
+        """
+        from clipxai.runtime.explain.text import WordExplainer
+        if self._word_explainer is None:
+            self._word_explainer = WordExplainer.from_bundle(self.bundle, *text_providers(self.session))
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise ClipxaiError("no text given; pass a sentence to explain")
+        out = self._word_explainer.explain(self.image_embedding(image), texts, truncate)
+        return out[0] if isinstance(text, str) else out
 
     def stream(self, source, batch_size: int = 1, every_n: int = 1, smoothing: float | None = None,
                live: bool | None = None, fps: float | None = None) -> Iterator[Prediction]:

@@ -191,11 +191,13 @@ def initial_vocabulary(bundle: Bundle) -> Vocabulary | None:
     return Vocabulary(bundle.classes, bundle.text_embeddings(), bundle.redundancy(), TEMPLATES)
 
 
-def vocabulary_feeds(vocabulary: Vocabulary | None) -> dict[str, np.ndarray]:
-    """The image graph's vocabulary inputs ({} when it is baked in)."""
+def vocabulary_feeds(vocabulary: Vocabulary | None, graph_inputs=None) -> dict[str, np.ndarray]:
+    """The image graph's vocabulary inputs ({} when it is baked in). graph_inputs: the names the
+    graph takes (the manifest's); a method without feature surgery has no redundancy input."""
     if vocabulary is None:
         return {}
-    return {INPUT_TEXT: vocabulary.text, INPUT_REDUNDANCY: vocabulary.redundancy}
+    feeds = {INPUT_TEXT: vocabulary.text, INPUT_REDUNDANCY: vocabulary.redundancy}
+    return feeds if graph_inputs is None else {k: v for k, v in feeds.items() if k in graph_inputs}
 
 
 def text_providers(image_session) -> tuple[list[str], int | None]:

@@ -84,6 +84,8 @@ class Tokenizer:
         symbols = alphabet + [s + "</w>" for s in alphabet] + ["".join(m) for m in merges]
         symbols += [START_TOKEN, END_TOKEN]
         self.ids = {s: i for i, s in enumerate(symbols)}
+        self.symbols = symbols
+        self._byte_of = {c: b for b, c in enumerate(self._bytes)}
         self.ranks = {m: r for r, m in enumerate(merges)}
         self.start_id = self.ids[START_TOKEN]
         self.end_id = self.ids[END_TOKEN]
@@ -112,6 +114,15 @@ class Tokenizer:
         ids = [self.ids[p] for p in parts]
         self._cache[piece] = ids
         return ids
+
+    def piece(self, token_id: int) -> tuple[str, bool]:
+        """One id -> (its text, whether it ends a word): 49407 -> ("<|endoftext|>", True)."""
+        symbol = self.symbols[token_id]
+        if symbol in (START_TOKEN, END_TOKEN):
+            return symbol, True
+        ends = symbol.endswith("</w>")
+        raw = bytes(self._byte_of[c] for c in (symbol[:-4] if ends else symbol))
+        return raw.decode("utf-8", errors="replace"), ends
 
     def encode(self, text: str) -> list[int]:
         """One text -> its BPE ids, without start/end tokens."""
