@@ -16,13 +16,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import click
 
+from clipxai.cluster.connect import LOCAL
 from clipxai.common.cli import cli_errors
 from clipxai.common.files import atomic_write_text
-from clipxai.errors import ClipxaiError
+from clipxai.eval.job import EvalJob
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,68 +50,71 @@ from clipxai.errors import ClipxaiError
 @click.option("--threads", type=click.IntRange(1), default=None, help="onnxruntime intra-op threads.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate the first N images only.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="JSON report path.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value=LOCAL, default=None, metavar="[ADDRESS]",
+              help="Spread the images over Ray actors: a local Ray instance, or the cluster at ADDRESS "
+                   "(or $RAY_ADDRESS). Needs clipxai[ray]; docs/scale.md.")
+@click.option("--actors", type=click.IntRange(1), default=None,
+              help="With --ray: actors, each with its own predictor [default: the cluster's CPUs / threads].")
 def main(bundle, images, labels, class_file, split, image_suffix, label_suffix, reduce_zero_label, background_id,
          stride, short_side, logit_scale, prob_threshold, background_classes, batch_size, providers, threads,
-         limit, out_path):
+         limit, out_path, ray_address, actors):
     """mIoU (per class and mean) of a bundle on a VOC-layout dataset."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    job = EvalJob(bundle, images, labels, class_file, split=split, image_suffix=image_suffix,
+                  label_suffix=label_suffix, reduce_zero_label=reduce_zero_label, background_id=background_id,
+                  stride=stride, short_side=short_side, logit_scale=logit_scale, prob_threshold=prob_threshold,
+                  background_classes=background_classes, batch_size=batch_size, providers=providers,
+                  threads=threads, limit=limit)
     with cli_errors():
-        report = run(bundle, images, labels, class_file, split=split, image_suffix=image_suffix,
-                     label_suffix=label_suffix, reduce_zero_label=reduce_zero_label, background_id=background_id,
-                     stride=stride, short_side=short_side, logit_scale=logit_scale, prob_threshold=prob_threshold,
-                     background_classes=background_classes, batch_size=batch_size, providers=providers,
-                     threads=threads, limit=limit, out_path=out_path)
+        report = run(job, out_path, ray_address=ray_address, actors=actors)
     miou = report["mIoU"]
     click.echo(f"mIoU {miou * 100:.2f} over {report['images']} images" if miou is not None else "mIoU undefined")
+    for item in report["skipped"]:
+        click.echo(f"  skipped {item['image']}: {item['reason']}", err=True)
     if out_path:
         click.echo(f"report: {out_path}")
 
 
-def run(bundle, images, labels, class_file, split=None, image_suffix=".jpg", label_suffix=".png",
-        reduce_zero_label=False, background_id=None, stride=None, short_side=None, logit_scale=None,
-        prob_threshold=None, background_classes=None, batch_size=8, providers="auto", threads=None, limit=None,
-        out_path=None) -> dict:
-    from clipxai.eval.segmentation import class_mapping, evaluate, find_dataset
-    from clipxai.runtime.predictor import Predictor
-    from clipxai.vocabulary import parse_class_list
+def run(job: EvalJob, out_path=None, ray_address=None, actors=None) -> dict:
+    from clipxai.eval.job import open_predictor, predict_fn
+    from clipxai.eval.segmentation import EvalResult, class_mapping, evaluate, find_dataset
 
-    if (stride is None) != (short_side is None):
-        raise ClipxaiError("--slide and --short-side go together: give both (e.g. --slide 112 --short-side 336)")
-    dataset = find_dataset(images, labels, class_file, image_suffix, label_suffix, split)
-    if limit is not None:
-        dataset.pairs = dataset.pairs[:limit]
-    predictor = Predictor.from_bundle(bundle, providers=providers, threads=threads)
-    if stride is not None:
-        from clipxai.runtime.sliding import check_slide
-        check_slide(stride, short_side, predictor.bundle.image_size)
-    bg = tuple(parse_class_list(background_classes)) if background_classes else ()
-    predictor.set_segmentation(logit_scale, prob_threshold, bg)
+    job.check()
+    dataset = find_dataset(job.images, job.labels, job.class_file, job.image_suffix, job.label_suffix, job.split)
+    if job.limit is not None:
+        dataset.pairs = dataset.pairs[:job.limit]
+    predictor = open_predictor(job)
+    bg = job.background()
+    background_id = job.background_id
     if background_id is None:
         background_id = next((i for i, n in enumerate(dataset.names) if n[0].lower() == "background"), None)
     mapping = class_mapping(predictor.classes, dataset.names, bg, background_id)
     if predictor.bundle.random_weights:
         click.secho("WARNING: this bundle has RANDOM weights: its mIoU means nothing (tests only)",
                     fg="red", bold=True, err=True)
-
-    def predict(path):
-        if stride is None:
-            return predictor.predict(path).segmentation
-        return predictor.predict_slide(path, stride, short_side, batch_size).segmentation
-
     settings = {
-        "bundle": str(bundle), "method": predictor.bundle.manifest.get("method"),
+        "bundle": str(job.bundle), "method": predictor.bundle.manifest.get("method"),
         "backbone": predictor.bundle.manifest.get("backbone", {}).get("name"),
         "weights": predictor.bundle.manifest.get("weights", {}).get("source"),
-        "images": str(images), "labels": str(labels), "class_names": str(class_file),
-        "split": None if split is None else str(split), "reduce_zero_label": reduce_zero_label,
+        "images": str(job.images), "labels": str(job.labels), "class_names": str(job.class_file),
+        "split": None if job.split is None else str(job.split), "reduce_zero_label": job.reduce_zero_label,
         "background_id": background_id,
-        "slide": None if stride is None else {"stride": stride, "short_side": short_side},
-        "logit_scale": logit_scale, "prob_threshold": prob_threshold, "background_classes": list(bg),
+        "slide": None if job.stride is None else {"stride": job.stride, "short_side": job.short_side},
+        "logit_scale": job.logit_scale, "prob_threshold": job.prob_threshold, "background_classes": list(bg),
         "provider": predictor.provider,
     }
-    with click.progressbar(length=len(dataset.pairs), label="evaluating", show_pos=True, file=sys.stderr) as bar:
-        result = evaluate(predict, dataset, mapping, reduce_zero_label, progress=lambda: bar.update(1),
-                          settings=settings)
+    if ray_address is not None:
+        from clipxai.cluster.evaluate import evaluate_on_ray
+        del predictor  # the actors hold their own
+        t0 = time.perf_counter()
+        conf, skipped, info = evaluate_on_ray(job, dataset.pairs, mapping, len(dataset.names), ray_address, actors)
+        settings["ray"] = info
+        result = EvalResult(dataset.class_names, conf, len(dataset.pairs) - len(skipped),
+                            time.perf_counter() - t0, settings, skipped)
+    else:
+        with click.progressbar(length=len(dataset.pairs), label="evaluating", show_pos=True, file=sys.stderr) as bar:
+            result = evaluate(predict_fn(job, predictor), dataset, mapping, job.reduce_zero_label,
+                              progress=lambda: bar.update(1), settings=settings)
     report = result.report()
     if out_path:
         out = Path(out_path)

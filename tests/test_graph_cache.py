@@ -175,7 +175,7 @@ def test_garbled_graph_of_the_right_fingerprint_is_refused_by_onnxruntime(bundle
     done = json.loads((entry / gc.DONE_FILE).read_text())
     graph = entry / gc.GRAPH_FILE
     graph.write_bytes(b"\x00" * graph.stat().st_size)
-    done["files"][gc.GRAPH_FILE] = {"sha256": gc.sha256_file(graph), "stat": gc._fingerprint(graph)}
+    done["files"][gc.GRAPH_FILE] = {"sha256": gc.sha256_file(graph), "stat": gc.stat_fingerprint(graph)}
     (entry / gc.DONE_FILE).write_text(json.dumps(done))  # a record forged to match (only this user can)
     caplog.set_level(logging.WARNING, logger="clipxai")
     p = Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root)).predict(_image())

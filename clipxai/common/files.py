@@ -27,6 +27,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def stat_fingerprint(path: str | Path) -> list[int]:
+    """[inode, size, mtime_ns, ctime_ns]: changes with any write, replacement or copy (ctime cannot be set
+    by a user), so an unchanged fingerprint vouches for bytes that were hashed before."""
+    st = os.stat(path)
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def temporary_name(path: str | Path) -> Path:
     """A unique hidden sibling of ``path``: ``.<name>.partial-<pid>-<8 hex>``."""
     path = Path(path)

@@ -191,13 +191,15 @@ def class_mapping(bundle_classes: Sequence[str], names: list[list[str]], backgro
 
 @dataclass
 class EvalResult:
-    """conf: int64 [C, C+1] summed confusion (see confusion_matrix)."""
+    """conf: int64 [C, C+1] summed confusion (see confusion_matrix); skipped: (image, why) of the
+    images that could not be read (left out of the confusion, listed in the report)."""
 
     class_names: list[str]
     conf: np.ndarray
     images: int
     seconds: float
     settings: dict = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def report(self) -> dict:
         iou = iou_per_class(self.conf)
@@ -208,6 +210,7 @@ class EvalResult:
             "seconds": round(self.seconds, 3),
             "per_class": {n: _num(v) for n, v in zip(self.class_names, iou)},
             "pixels": {n: int(v) for n, v in zip(self.class_names, self.conf.sum(axis=1))},
+            "skipped": [{"image": i, "reason": r} for i, r in self.skipped],
             "settings": self.settings,
         }
 
@@ -216,24 +219,50 @@ def _num(x: float):
     return None if not np.isfinite(x) else round(float(x), 6)
 
 
+def image_confusion(predict: Callable[[Path], np.ndarray], img: Path, lab_path: Path, mapping: np.ndarray,
+                    num_classes: int, reduce_zero_label: bool = False) -> np.ndarray:
+    """One image's confusion int64 [C, C+1]. An unreadable image raises ImageSkipped; a label
+    problem (size, values) raises ClipxaiError, which stops an evaluation."""
+    label = read_label(lab_path, reduce_zero_label)
+    try:
+        seg = np.asarray(predict(img))
+    except ClipxaiError as e:
+        raise ImageSkipped(str(e).split(": ", 1)[-1] if str(e).startswith(str(img)) else str(e)) from None
+    if seg.shape != label.shape:
+        raise ClipxaiError(f"{img}: image is {seg.shape[1]}x{seg.shape[0]} but its label map {lab_path} is "
+                           f"{label.shape[1]}x{label.shape[0]}")
+    try:
+        return confusion_matrix(mapping[seg], label, num_classes)  # seg == -1 picks mapping[-1]
+    except ClipxaiError as e:
+        raise ClipxaiError(f"{lab_path}: {e}")
+
+
+class ImageSkipped(Exception):
+    """An image that could not be read: left out and listed, as clipxai-segment does."""
+
+
+def confusion_of(pairs, predict, mapping: np.ndarray, num_classes: int, reduce_zero_label: bool = False,
+                 progress: Callable[[], None] | None = None) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Summed confusion int64 [C, C+1] of (image, label) pairs and the skipped images."""
+    conf = np.zeros((num_classes, num_classes + 1), np.int64)
+    skipped = []
+    for img, lab_path in pairs:
+        try:
+            conf += image_confusion(predict, img, lab_path, mapping, num_classes, reduce_zero_label)
+        except ImageSkipped as e:
+            skipped.append((str(img), str(e)))
+        if progress is not None:
+            progress()
+    return conf, skipped
+
+
 def evaluate(predict: Callable[[Path], np.ndarray], dataset: Dataset, mapping: np.ndarray,
              reduce_zero_label: bool = False, progress: Callable[[], None] | None = None,
              settings: dict | None = None) -> EvalResult:
     """Run ``predict(image path) -> int [H, W]`` (bundle class ids, -1 background) on every image,
-    map to dataset ids with ``mapping`` [K + 1] (class_mapping) and sum the confusion matrices."""
-    c = len(dataset.names)
-    conf = np.zeros((c, c + 1), np.int64)
+    map to dataset ids with ``mapping`` [K + 1] (class_mapping) and sum the confusion matrices.
+    Images that cannot be read are skipped and listed."""
     t0 = time.perf_counter()
-    for img, lab_path in dataset.pairs:
-        label = read_label(lab_path, reduce_zero_label)
-        seg = np.asarray(predict(img))
-        if seg.shape != label.shape:
-            raise ClipxaiError(f"{img}: image is {seg.shape[1]}x{seg.shape[0]} but its label map {lab_path} is "
-                               f"{label.shape[1]}x{label.shape[0]}")
-        try:
-            conf += confusion_matrix(mapping[seg], label, c)  # seg == -1 picks mapping[-1]
-        except ClipxaiError as e:
-            raise ClipxaiError(f"{lab_path}: {e}")
-        if progress is not None:
-            progress()
-    return EvalResult(dataset.class_names, conf, len(dataset.pairs), time.perf_counter() - t0, settings or {})
+    conf, skipped = confusion_of(dataset.pairs, predict, mapping, len(dataset.names), reduce_zero_label, progress)
+    return EvalResult(dataset.class_names, conf, len(dataset.pairs) - len(skipped), time.perf_counter() - t0,
+                      settings or {}, skipped)

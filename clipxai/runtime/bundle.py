@@ -33,6 +33,7 @@ from clipxai.contract import (
 from clipxai.errors import BundleError
 from clipxai.runtime import manifest as schema
 from clipxai.runtime.onnx_wire import external_data_locations
+from clipxai.runtime.stamps import is_stamped, stamp
 
 
 
@@ -49,6 +50,7 @@ class Bundle:
     digest: str = ""
     graph_data: dict = field(default_factory=dict)  # {graph file: the files it keeps its weights in}
     _embeddings: np.ndarray | None = field(default=None, repr=False, compare=False)
+    hashed: bool = True  # False: the digests were vouched for by a verification stamp (stamps.py)
 
     @property
     def graph_data_files(self) -> tuple[str, ...]:
@@ -118,11 +120,13 @@ def manifest_digest(path: str | Path) -> str:
 
 
 def load_bundle(path: str | Path, verify_digests: bool = True, expect_digest: str | None = None,
-                kind: str = KIND_CLIP) -> Bundle:
+                kind: str = KIND_CLIP, stamps: str | Path | None = None) -> Bundle:
     """Read and check a bundle directory (module docstring); raises BundleError with a one-line message.
 
     expect_digest: the sha256 of manifest.json the caller insists on (``clipxai-export`` prints it).
     kind: the bundle kind the caller can use; another kind is refused.
+    stamps: a private folder of verification stamps (clipxai/runtime/stamps.py): files unchanged
+    since a stamped verification are not hashed again; a full verification leaves a stamp.
     """
     root = Path(path)
     if not root.is_dir():
@@ -136,13 +140,17 @@ def load_bundle(path: str | Path, verify_digests: bool = True, expect_digest: st
     manifest = _parse(raw, mpath)
     _check_schema(manifest, mpath, kind)
     resolved_root = root.resolve()
-    for name, info in manifest["files"].items():
-        fpath = _inside(root, resolved_root, name, mpath)
-        if verify_digests and sha256_file(fpath) != info["sha256"]:
+    paths = {name: _inside(root, resolved_root, name, mpath) for name in manifest["files"]}
+    names = [MANIFEST_FILE, *paths]
+    hashed = verify_digests and not (stamps is not None and is_stamped(Path(stamps), root, digest, names))
+    for name, fpath in paths.items():
+        if hashed and sha256_file(fpath) != manifest["files"][name]["sha256"]:
             raise BundleError(f"{fpath}: sha256 does not match the manifest (corrupt or modified); re-export or re-copy")
+    if hashed and stamps is not None:
+        stamp(Path(stamps), root, digest, names)
     graph_data = _check_graph_data(root, manifest, mpath)
     embeddings = _check_embeddings(root, manifest) if TEXT_EMBEDDINGS_FILE in manifest["files"] else None
-    return Bundle(root, manifest, digest, graph_data, embeddings)
+    return Bundle(root, manifest, digest, graph_data, embeddings, hashed)
 
 
 def _read_manifest_bytes(mpath: Path) -> bytes:

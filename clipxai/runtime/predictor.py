@@ -51,7 +51,8 @@ class Predictor:
     def from_bundle(cls, path: str | Path, providers: ProviderSpec = "auto", threads: int | None = None, *,
                     nvidia: NvidiaOptions | None = None, graph_cache: bool | str = True,
                     cache_dir: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                    background_threshold: float | None = None, digest: str | None = None) -> "Predictor":
+                    background_threshold: float | None = None, digest: str | None = None,
+                    stamps: str | Path | None = None) -> "Predictor":
         """Check the bundle (schema, digests, paths, graph IO), then open a session.
 
         providers: "auto" (TensorRT > CUDA > CPU, logged), "cpu", "cuda", "tensorrt",
@@ -63,9 +64,10 @@ class Predictor:
         "sync" (filled while loading), False/"off". cache_dir: root of clipxai's caches.
         max_pixels: larger images are refused. background_threshold: see ``Prediction.segment``.
         digest: the sha256 of the bundle's manifest.json to insist on (``clipxai-export`` prints
-        it): another bundle, or a changed one, is refused.
+        it): another bundle, or a changed one, is refused. stamps: a folder of verification stamps
+        (clipxai/runtime/stamps.py): a bundle unchanged since a stamped check is not hashed again.
         """
-        bundle = load_bundle(path, expect_digest=digest)
+        bundle = load_bundle(path, expect_digest=digest, stamps=stamps)
         if background_threshold is not None and not 0.0 <= background_threshold <= 1.0:
             raise ClipxaiError(f"background_threshold must be in [0, 1], got {background_threshold}")
         session = open_session(bundle, providers, threads, nvidia or NvidiaOptions(), graph_cache, cache_dir)

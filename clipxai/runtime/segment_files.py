@@ -68,6 +68,8 @@ class SegmentJob:
     smoothing: float | None = None     # video mode: exponential moving average, the newest frame's weight
     sam: str | None = None             # a mask-model bundle: object masks from each class's points
     sam_classes: str | None = None     # masks for these classes only (comma-separated)
+    ray: str | None = None             # spread the images over Ray actors: "local" or a cluster address
+    actors: int | None = None          # with ray: how many actors (default: the cluster's CPUs / threads)
 
 
 @dataclass
@@ -126,20 +128,21 @@ def prepare_output(out_dir: Path) -> None:
         raise ClipxaiError(f"cannot write results to {out_dir} ({e.strerror or e}); choose a writable --out folder")
 
 
-def _load(job: SegmentJob):
+def _load(job: SegmentJob, stamps=None):
     from clipxai.runtime.predictor import Predictor
     from clipxai.runtime.sessions import NvidiaOptions
     from clipxai.vocabulary import parse_class_list
 
     predictor = Predictor.from_bundle(job.bundle, providers=job.providers, threads=job.threads,
                                       nvidia=NvidiaOptions(trt_fp16=job.trt_fp16, trt_cache_dir=job.trt_cache),
-                                      background_threshold=job.background_threshold, digest=job.expect_digest)
+                                      background_threshold=job.background_threshold, digest=job.expect_digest,
+                                      stamps=stamps)
     background = parse_class_list(job.background_classes) if job.background_classes else ()
     predictor.set_segmentation(job.logit_scale, job.prob_threshold, background)
     return predictor
 
 
-def _load_sam(job: SegmentJob, classes: list[str]):
+def _load_sam(job: SegmentJob, classes: list[str], stamps=None):
     """(MaskPredictor, the classes to mask) or (None, None) without --sam."""
     from clipxai.vocabulary import parse_class_list
     if job.sam is None:
@@ -147,7 +150,7 @@ def _load_sam(job: SegmentJob, classes: list[str]):
             raise ClipxaiError("--sam-classes needs --sam SAM_BUNDLE")
         return None, None
     from clipxai.runtime.sam import MaskPredictor
-    sam = MaskPredictor.from_bundle(job.sam, providers=job.providers, threads=job.threads)
+    sam = MaskPredictor.from_bundle(job.sam, providers=job.providers, threads=job.threads, stamps=stamps)
     wanted = parse_class_list(job.sam_classes) if job.sam_classes else list(classes)
     unknown = [c for c in wanted if c not in classes]
     if unknown:
@@ -181,34 +184,69 @@ def _subset(job: SegmentJob, predictor) -> list[str] | None:
     return subset
 
 
-def run(job: SegmentJob) -> Summary:
-    """Segment every input of ``job`` into result files (module docstring); returns what happened.
-    Video files and ``job.camera`` go to the video mode (clipxai/runtime/video/segment.py)."""
-    from clipxai.runtime.video.sources import is_video_path
-    videos = [i for i in job.inputs if is_video_path(i)]
+class Segmenter:
+    """What one process needs to segment a job's images into files: the predictor (and SAM), the
+    classes to report and, once ``start`` gave the output names, the result writer. The local run
+    has one; each Ray actor has its own (clipxai/cluster/segment.py). stamps: see Predictor.from_bundle."""
+
+    def __init__(self, job: SegmentJob, stamps=None):
+        self.job = job
+        self.predictor = _load(job, stamps)
+        _check_slide(job, self.predictor)
+        self.subset = _subset(job, self.predictor)
+        self.sam = _load_sam(job, self.subset or self.predictor.classes, stamps)
+        self.writer = None
+
+    def start(self, names: dict[Path, Path]) -> None:
+        self.writer = ResultWriter(self.job.out_dir, self.predictor, names, self.job.overlays, self.sam)
+
+    def segment(self, files: list[Path], summary: Summary) -> None:
+        """Predict and write a batch of images; done and failed ones go to ``summary``."""
+        _segment_batch(files, self.job, self.predictor, self.subset, self.writer, summary)
+
+
+def check_modes(job: SegmentJob, videos: list[str]) -> None:
     if not job.inputs and job.camera is None:
         raise ClipxaiError("nothing to segment: give images, folders, video files or --camera N")
     if (videos or job.camera is not None) and len(videos) != len(job.inputs):
         raise ClipxaiError("give either images and folders, or videos (and --camera), not both in one run")
     if not videos and job.camera is None and (job.heatmap or job.every_n != 1 or job.smoothing is not None):
         raise ClipxaiError("--heatmap, --every-n and --smooth are for videos and --camera")
-    predictor = _load(job)
-    _check_slide(job, predictor)
-    subset = _subset(job, predictor)
-    sam = _load_sam(job, subset or predictor.classes)
-    if videos or job.camera is not None:
-        return run_videos(job, predictor, subset, videos, sam)
+    if job.ray is not None and (videos or job.camera is not None):
+        raise ClipxaiError("--ray spreads images over a cluster; segment videos and cameras without it")
+    if job.actors is not None and job.ray is None:
+        raise ClipxaiError("--actors is for --ray runs")
+
+
+def image_files_of(job: SegmentJob) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The job's image files and the inputs that gave none; ClipxaiError when there are no images."""
     files, failures = expand_inputs(job.inputs)
     if not files:
         raise ClipxaiError("no images to process: " + "; ".join(f"{i}: {w}" for i, w in failures))
+    return files, failures
+
+
+def run(job: SegmentJob) -> Summary:
+    """Segment every input of ``job`` into result files (module docstring); returns what happened.
+    Video files and ``job.camera`` go to the video mode (clipxai/runtime/video/segment.py); a ``job.ray``
+    job is for clipxai/cluster/segment.py."""
+    from clipxai.runtime.video.sources import is_video_path
+    videos = [i for i in job.inputs if is_video_path(i)]
+    check_modes(job, videos)
+    if job.ray is not None:
+        raise ClipxaiError("a --ray job runs with clipxai.cluster.segment.run_on_ray")
+    seg = Segmenter(job)
+    if videos or job.camera is not None:
+        return run_videos(job, seg.predictor, seg.subset, videos, seg.sam)
+    files, failures = image_files_of(job)
     prepare_output(job.out_dir)
-    _announce(job, predictor, len(files), "image")
+    announce(job, seg.predictor, len(files), "image")
     summary = Summary(failures=list(failures))
-    writer = ResultWriter(job.out_dir, predictor, output_names(files), job.overlays, sam)
+    seg.start(output_names(files))
     with click.progressbar(length=len(files), label="  segmenting", show_pos=True, file=sys.stderr) as bar:
         try:
             for start in range(0, len(files), job.batch_size):
-                _segment_batch(files[start:start + job.batch_size], job, predictor, subset, writer, summary)
+                seg.segment(files[start:start + job.batch_size], summary)
                 bar.update(min(job.batch_size, len(files) - start))
         except KeyboardInterrupt:
             summary.interrupted = True
@@ -216,7 +254,7 @@ def run(job: SegmentJob) -> Summary:
     return summary
 
 
-def _announce(job: SegmentJob, predictor, count: int, unit: str) -> None:
+def announce(job: SegmentJob, predictor, count: int, unit: str) -> None:
     click.echo(f"• {count} {unit}{'s' if count != 1 else ''} with {Path(job.bundle)} "
                f"({predictor.bundle.manifest['backbone']['name']}, {len(predictor.classes)} classes, "
                f"{predictor.provider})")
@@ -358,7 +396,7 @@ def run_videos(job: SegmentJob, predictor, subset, videos: list[str], sam=(None,
     sources = [(Path(v), str(names[Path(v)])) for v in videos]
     if job.camera is not None:
         sources.append((job.camera, f"camera{job.camera}"))
-    _announce(job, predictor, len(sources), "video")
+    announce(job, predictor, len(sources), "video")
     summary = Summary(unit="video")
     for i, (source, name) in enumerate(sources):
         (job.out_dir / name).parent.mkdir(parents=True, exist_ok=True)

@@ -57,9 +57,16 @@ def _plural(n: int, word: str) -> str:
 @click.option("--sam-classes", default=None, help="With --sam: masks for these classes only (comma-separated).")
 @click.option("--smooth", "smoothing", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="ALPHA",
               help="Video mode: exponential moving average of the maps, ALPHA = the newest frame's weight.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Spread the images over Ray actors: a local Ray instance, or the cluster at ADDRESS "
+                   "(or $RAY_ADDRESS). Put it after the inputs. Needs clipxai[ray]; docs/scale.md.")
+@click.option("--actors", type=click.IntRange(1), default=None,
+              help="With --ray: actors, each with its own predictor [default: the cluster's CPUs / threads; "
+                   "threads default to 1 per actor].")
 def main(bundle, inputs, out_dir, classes_text, batch_size, providers, threads, background_threshold,
          slide_stride, short_side, logit_scale, prob_threshold, background_classes, trt_fp16, trt_cache,
-         no_overlays, text_cache, expect_digest, camera, heatmap_class, every_n, sam_bundle, sam_classes, smoothing):
+         no_overlays, text_cache, expect_digest, camera, heatmap_class, every_n, sam_bundle, sam_classes, smoothing,
+         ray_address, actors):
     """Segment images or videos with a clipxai bundle.
 
     Images: heatmap overlays, a segmentation and a JSON per image. Videos (.mp4, .mov, .mkv, ...;
@@ -74,9 +81,13 @@ def main(bundle, inputs, out_dir, classes_text, batch_size, providers, threads, 
                      logit_scale=logit_scale, prob_threshold=prob_threshold, background_classes=background_classes,
                      trt_fp16=trt_fp16, trt_cache=trt_cache, overlays=not no_overlays, text_cache=text_cache,
                      expect_digest=expect_digest, camera=camera, heatmap=heatmap_class, every_n=every_n,
-                     smoothing=smoothing, sam=sam_bundle, sam_classes=sam_classes)
+                     smoothing=smoothing, sam=sam_bundle, sam_classes=sam_classes, ray=ray_address, actors=actors)
     with cli_errors():
-        summary = run(job)
+        if ray_address is None:
+            summary = run(job)
+        else:
+            from clipxai.cluster.segment import run_on_ray
+            summary = run_on_ray(job)
     report(summary, out_dir)
 
 

@@ -67,7 +67,7 @@ import numpy as np
 import onnxruntime as ort
 
 from clipxai.common.cache import FILE_MODE, UnsafeCacheError, private_dir, report_once
-from clipxai.common.files import atomic_write_text, remove_orphans, sha256_file, staged_directory
+from clipxai.common.files import atomic_write_text, remove_orphans, sha256_file, staged_directory, stat_fingerprint
 from clipxai.common.system import cpu_info
 from clipxai.errors import ClipxaiError
 from clipxai.runtime.bundle import files_digest
@@ -130,16 +130,11 @@ def entry_dir(root: Path, key: dict) -> Path:
     return graphs_dir(root) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _fingerprint(path: Path) -> list[int]:
-    st = os.stat(path)
-    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
 def _seal(folder: Path, names=(GRAPH_FILE, DATA_FILE)) -> dict:
     """Make the files private (0600), then record their digests and fingerprints."""
     for name in names:
         os.chmod(folder / name, FILE_MODE)
-    return {name: {"sha256": sha256_file(folder / name), "stat": _fingerprint(folder / name)} for name in names}
+    return {name: {"sha256": sha256_file(folder / name), "stat": stat_fingerprint(folder / name)} for name in names}
 
 
 def lookup(root: Path, key: dict) -> Path | None:
@@ -151,7 +146,7 @@ def lookup(root: Path, key: dict) -> Path | None:
         if done.get("key") != key:
             raise ValueError("key")
         files = done["files"]
-        changed = [name for name in (GRAPH_FILE, DATA_FILE) if _fingerprint(entry / name) != files[name]["stat"]]
+        changed = [name for name in (GRAPH_FILE, DATA_FILE) if stat_fingerprint(entry / name) != files[name]["stat"]]
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):
@@ -164,7 +159,7 @@ def lookup(root: Path, key: dict) -> Path | None:
     if changed:  # same bytes (a copied or restored cache): remember the new fingerprints
         with contextlib.suppress(OSError):
             _write_record(entry, key, {**done, "files": {**files, **{
-                n: {"sha256": files[n]["sha256"], "stat": _fingerprint(entry / n)} for n in changed}}})
+                n: {"sha256": files[n]["sha256"], "stat": stat_fingerprint(entry / n)} for n in changed}}})
     return entry / GRAPH_FILE
 
 

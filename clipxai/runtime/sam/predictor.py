@@ -85,10 +85,10 @@ class MaskPredictor:
 
     @classmethod
     def from_bundle(cls, path: str | Path, providers: ProviderSpec = "auto", threads: int | None = None,
-                    digest: str | None = None) -> "MaskPredictor":
+                    digest: str | None = None, stamps: str | Path | None = None) -> "MaskPredictor":
         """Check a mask-model bundle (schema, digests, kind) and open its two graphs. A CLIP bundle here
-        is a one-line error. providers, threads: as ``Predictor.from_bundle``."""
-        bundle = load_bundle(path, expect_digest=digest, kind=KIND_MASK)
+        is a one-line error. providers, threads, stamps: as ``Predictor.from_bundle``."""
+        bundle = load_bundle(path, expect_digest=digest, kind=KIND_MASK, stamps=stamps)
         options = SessionOptions(threads=threads)
         encoder = create_session(bundle.path / MASK_ENCODER_FILE, providers, options)
         decoder = create_session(bundle.path / MASK_DECODER_FILE, providers, options)
