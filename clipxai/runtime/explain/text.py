@@ -18,7 +18,8 @@ from clipxai.contract import (
 )
 from clipxai.errors import BundleError, ClipxaiError
 from clipxai.runtime.bundle import Bundle
-from clipxai.runtime.providers import ProviderSpec, SessionOptions, create_session
+from clipxai.runtime.providers import ProviderSpec
+from clipxai.runtime.text.encoder import open_text_graph
 from clipxai.runtime.text.tokenizer import Tokenizer
 
 
@@ -103,20 +104,11 @@ class WordExplainer:
     def from_bundle(cls, bundle: Bundle, providers: ProviderSpec = "cpu", threads: int | None = None
                     ) -> "WordExplainer":
         require_text_explainer(bundle)
-        spec = bundle.manifest["text_explainer"]
-        files = bundle.manifest["files"]
-        for name in (TEXT_EXPLAINER_FILE, BPE_VOCAB_FILE):
-            if name not in files:  # load_bundle checked the digests of every listed file
-                raise BundleError(f"{bundle.path / name}: not listed in the manifest; re-export the bundle")
-        if spec.get("context_length") != CONTEXT_LENGTH:
+        if bundle.manifest["text_explainer"].get("context_length") != CONTEXT_LENGTH:
             raise BundleError(f"{bundle.path}: word explainer for another context length; re-export the bundle")
-        session = create_session(bundle.path / TEXT_EXPLAINER_FILE, providers, SessionOptions(threads=threads))
-        names_in = sorted(i.name for i in session.get_inputs())
-        names_out = [o.name for o in session.get_outputs()]
-        if names_in != sorted([TEXT_INPUT_IDS, TEXT_INPUT_EOT, EXPLAIN_INPUT_EMBEDDING]) or \
-                names_out != [EXPLAIN_OUTPUT_WEIGHTS, EXPLAIN_OUTPUT_COSINE]:
-            raise BundleError(f"{bundle.path / TEXT_EXPLAINER_FILE}: graph inputs {names_in} / outputs {names_out} "
-                              "are not a clipxai word explainer's; re-export the bundle")
+        inputs = [TEXT_INPUT_IDS, TEXT_INPUT_EOT, EXPLAIN_INPUT_EMBEDDING]
+        outputs = [EXPLAIN_OUTPUT_WEIGHTS, EXPLAIN_OUTPUT_COSINE]
+        session = open_text_graph(bundle, TEXT_EXPLAINER_FILE, inputs, outputs, "word explainer", providers, threads)
         return cls(session, Tokenizer(bundle.path / BPE_VOCAB_FILE))
 
     def explain(self, image_embedding: np.ndarray, texts: list[str], truncate: bool = False

@@ -79,18 +79,10 @@ class TextEncoder:
                     ) -> "TextEncoder":
         require_text_encoder(bundle)
         spec = bundle.manifest["text_encoder"]
-        files = bundle.manifest["files"]
-        for name in (TEXT_ENCODER_FILE, BPE_VOCAB_FILE):
-            if name not in files:  # load_bundle checked the digests of every listed file
-                raise BundleError(f"{bundle.path / name}: not listed in the manifest; re-export the bundle")
         if spec.get("context_length") != CONTEXT_LENGTH or spec.get("tokenizer") != "clip-bpe":
             raise BundleError(f"{bundle.path}: text encoder with an unsupported tokenizer; re-export the bundle")
-        session = create_session(bundle.path / TEXT_ENCODER_FILE, providers, SessionOptions(threads=threads))
-        names_in = sorted(i.name for i in session.get_inputs())
-        names_out = [o.name for o in session.get_outputs()]
-        if names_in != sorted([TEXT_INPUT_IDS, TEXT_INPUT_EOT]) or names_out != [TEXT_OUTPUT]:
-            raise BundleError(f"{bundle.path / TEXT_ENCODER_FILE}: graph inputs {names_in} / outputs {names_out} "
-                              "are not a clipxai text encoder's; re-export the bundle")
+        session = open_text_graph(bundle, TEXT_ENCODER_FILE, [TEXT_INPUT_IDS, TEXT_INPUT_EOT], [TEXT_OUTPUT],
+                                  "text encoder", providers, threads)
         return cls(bundle, session, Tokenizer(bundle.path / BPE_VOCAB_FILE))
 
     def encode_prompts(self, prompts: Sequence[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
@@ -124,6 +116,23 @@ class TextEncoder:
         prompts = [tpl.format(c) for c in classes for tpl in templates]
         rows = self.encode_prompts(prompts, batch_size).reshape(len(classes), len(templates), self.dim)
         return l2_normalize(rows.mean(axis=1)).astype(np.float32)
+
+
+def open_text_graph(bundle: Bundle, graph_file: str, inputs: list[str], outputs: list[str], what: str,
+                    providers: ProviderSpec = "cpu", threads: int | None = None):
+    """A session for one of a bundle's text-side graphs (with the BPE vocabulary it needs), its
+    input and output names checked; BundleError (one line) otherwise."""
+    files = bundle.manifest["files"]
+    for name in (graph_file, BPE_VOCAB_FILE):
+        if name not in files:  # load_bundle checked the digests of every listed file
+            raise BundleError(f"{bundle.path / name}: not listed in the manifest; re-export the bundle")
+    session = create_session(bundle.path / graph_file, providers, SessionOptions(threads=threads))
+    names_in = sorted(i.name for i in session.get_inputs())
+    names_out = [o.name for o in session.get_outputs()]
+    if names_in != sorted(inputs) or names_out != list(outputs):
+        raise BundleError(f"{bundle.path / graph_file}: graph inputs {names_in} / outputs {names_out} "
+                          f"are not a clipxai {what}'s; re-export the bundle")
+    return session
 
 
 def check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
