@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -176,7 +175,6 @@ def test_runtime_and_segment_cli_run_the_bundle(bundle, tmp_path):
 
 @pytest.mark.slow
 def test_vitb16_closed_form_matches_autograd():
-    start = time.perf_counter()
     loaded = load_clip(resolve_backbone("ViT-B/16"), "random")
     module = GradEclipOnnxModel(GradEclipViT(loaded.model.visual, 224)).eval()
     x = torch.from_numpy(random_images(2, 224, seed=11))
@@ -188,7 +186,6 @@ def test_vitb16_closed_form_matches_autograd():
     assert (sim - want_h).abs().max() <= TOL
     assert (maps - want_maps).abs().max() <= TOL
     assert want_h.max() > 0
-    assert time.perf_counter() - start < 60
 
 
 def test_method_gallery_script(tmp_path):
