@@ -5,7 +5,7 @@ Every pipeline takes the same image (examples/rocket.jpg, 640x427) and returns
 per-class heatmaps at the original size:
 
 - reference: torchvision preprocessing, the reference formulation of CLIP
-  Surgery in PyTorch (tests/reference.py: both paths in full through the
+  Surgery in PyTorch (clipxai/models/reference.py: both paths in full through the
   surgery blocks, element-wise feature surgery), torch bilinear upsampling;
 - runtime: clipxai.runtime.Predictor on an exported bundle (onnxruntime CPU),
   one row per precision. fp16 is measured only where a GPU provider exists.
@@ -14,7 +14,7 @@ Each pipeline runs in its own subprocess (honest peak RSS and cold start),
 with the same weights and thread count. Figures are medians of --runs runs in
 a worker; the reference and the runtime rows alternate for --rounds rounds and
 each figure is the median over rounds (speed ratios are taken within a round,
-so a slow spell of a shared machine hits both sides).
+so a slow spell of a shared machine hits both sides): scripts/harness.py.
 Then, with --pairs N, every pipeline is loaded once more into a long-lived
 worker and the parent asks them in turn, in a shuffled order with a pause
 between calls, for one batch-1 prediction each, N times: the ratio of every
@@ -47,33 +47,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import (
+    alternate, median_ms, median_rows, minor_faults, peak_rss_mb, ratio_text, ratios, run_json, timed_with_faults,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 ROCKET = ROOT / "examples" / "rocket.jpg"
 CLASSES = "rocket,sky,smoke,tree,ground"
 BATCHES = (1, 4)
 KEPT = "torch reference, memory kept"
-
-
-def median_ms(fn, runs):
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
-
-
-def minor_faults():
-    """Minor page faults of this process so far: memory touched for the first time since the system
-    gave it (a pipeline that frees and re-allocates its buffers every call pays these every call)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def timed_with_faults(fn, runs):
-    """(median ms, minor page faults per call) over ``runs`` calls."""
-    before = minor_faults()
-    ms = median_ms(fn, runs)
-    return ms, (minor_faults() - before) / runs
 
 
 def builder_peak_rss_mb(timeout=600):
@@ -83,18 +65,6 @@ def builder_peak_rss_mb(timeout=600):
     if not gc.started_builds() or not gc.wait_for_builds(timeout):
         return float("nan")
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-
-
-def peak_rss_mb():
-    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec,
-    so a worker would inherit the parent's peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------- FLOPs and ceiling
@@ -198,8 +168,7 @@ def worker_torch(a):
     import numpy as np
     import torch
     from PIL import Image
-    sys.path.insert(0, str(ROOT / "tests"))
-    import reference as ref
+    from clipxai.models import reference as ref
     from clipxai.models.backbones import resolve_backbone
     from clipxai.models.loading import load_clip
     t_import = time.perf_counter()
@@ -265,11 +234,7 @@ KEEP_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_":
 
 
 def run_worker(kind, a, bundle, size, extra=()):
-    r = subprocess.run(worker_command(kind, a, bundle, size, extra), capture_output=True, text=True, env=worker_env(a))
-    if r.returncode:
-        sys.exit(f"{kind} worker failed:\n{r.stderr}")
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    return out
+    return run_json(worker_command(kind, a, bundle, size, extra), kind, worker_env(a))
 
 
 def _timing(line):
@@ -328,29 +293,21 @@ def set_ratios(sets, ref, name):
     return [r / x for r, x in zip(sets[ref]["ms"], sets[name]["ms"])]
 
 
-def spread(ratios):
+def spread(values):
     """"median× (quartiles; min–max)" of per-set ratios."""
-    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-    return f"**{statistics.median(ratios):.2f}×** ({q1:.2f}–{q3:.2f}; {min(ratios):.2f}–{max(ratios):.2f})"
+    q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return f"**{statistics.median(values):.2f}×** ({q1:.2f}–{q3:.2f}; {min(values):.2f}–{max(values):.2f})"
 
 
 # ---------------------------------------------------------------- main
 
 def combine_rounds(rounds):
-    """Per pipeline, the median over rounds of each figure; speed ratios to the reference are
-    taken within each round, then their median, min and max are kept."""
-    rows = {}
-    for name in rounds[0]:
-        d = {}
-        for key, value in rounds[0][name].items():
-            if isinstance(value, (int, float)):
-                d[key] = statistics.median(r[name][key] for r in rounds)
-            else:
-                d[key] = value
+    """Per pipeline, the median over rounds of each figure, and ``ratio_b<batch>``: the speed
+    ratios to the reference, one per round (each taken within its round)."""
+    rows = median_rows(rounds)
+    for name, d in rows.items():
         for bs in BATCHES:
-            ratios = [r["torch reference"][f"total_ms_b{bs}"] / r[name][f"total_ms_b{bs}"] for r in rounds]
-            d[f"ratio_b{bs}"] = (statistics.median(ratios), min(ratios), max(ratios))
-        rows[name] = d
+            d[f"ratio_b{bs}"] = ratios(rounds, "torch reference", name, f"total_ms_b{bs}")
     return rows
 
 
@@ -436,13 +393,9 @@ def measure_size(a, size: int, precisions: list[str], bundle_dir: Path, gflop: f
         wait_for_graph_cache(a, bundles[prec])  # the builder runs in the background: never time beside it
     # Rounds: the reference and every runtime row back to back, again and again, so a slow
     # spell of this shared machine hits both sides; ratios are taken within a round.
-    rounds = []
-    for r in range(a.rounds):
-        print(f"round {r + 1}/{a.rounds} at {size}: torch reference, {', '.join(precisions)} ...", file=sys.stderr)
-        row = {"torch reference": run_worker("torch", a, bundles["fp32"], size)}
-        for prec in precisions:
-            row[f"clipxai {prec}"] = run_worker("runtime", a, bundles[prec], size)
-        rounds.append(row)
+    rounds = alternate({"torch reference": lambda: run_worker("torch", a, bundles["fp32"], size),
+                        **{f"clipxai {p}": (lambda p=p: run_worker("runtime", a, bundles[p], size))
+                           for p in precisions}}, a.rounds, f"at {size}")
     rows = combine_rounds(rounds)
     for prec in precisions:
         d, f = rows[f"clipxai {prec}"], first[prec]
@@ -471,10 +424,9 @@ def print_speed_table(results, ceiling: float) -> None:
                 total = d[f"total_ms_b{bs}"]
                 infer = d["infer_ms"] if bs == 1 else d["infer_ms_b4"]
                 gfs = gflop * bs / (infer / 1000)
-                ratio, low, high = d[f"ratio_b{bs}"]
                 print(f"| {size} | {gflop:.1f} | {name} | {bs} | {total:.1f} | {1000 * bs / total:.2f} | "
                       f"{infer:.1f} | {gfs:.1f} | {100 * gfs / ceiling:.0f}% | "
-                      f"{'—' if name == 'torch reference' else f'**{ratio:.2f}×** ({low:.2f}–{high:.2f})'} |")
+                      f"{'—' if name == 'torch reference' else ratio_text(d[f'ratio_b{bs}'])} |")
 
 
 def print_memory_table(results) -> None:

@@ -7,7 +7,7 @@ the last 8 re-run), with the same thread count:
 
 - device: clipxai's tokenizer and the exported explainer graph (onnxruntime CPU), the
   gradient in closed form; one sentence per run, and all sentences in one batch;
-- reference: tests/reference.py's ``grad_eclip_text``, the notebook's computation with
+- reference: clipxai/models/reference.py's ``grad_eclip_text``, the notebook's computation with
   ``torch.autograd.grad`` (n backward passes, as the notebook asks), one sentence at a time,
   PyTorch CPU; and the same with one backward pass for all n blocks.
 
@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from harness import median_ms
 
 SENTENCES = [
     "a dog in a car waiting for traffic lights",
@@ -38,16 +37,6 @@ SENTENCES = [
     "a child holding a yellow umbrella",
     "a snowy mountain road with a truck",
 ]
-
-
-def _median_ms(fn, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - t))
-    return statistics.median(times)
 
 
 def main():
@@ -62,10 +51,8 @@ def main():
     import torch
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-    import reference as ref
-
     from clipxai.export.text_graph import export_explainer_onnx
+    from clipxai.models import reference as ref
     from clipxai.models.text_explainer import TextExplainer
     from clipxai.runtime.explain.text import WordExplainer
     from clipxai.runtime.providers import SessionOptions, create_session
@@ -89,8 +76,8 @@ def main():
         session = create_session(path, "cpu", SessionOptions(threads=a.threads))
         device = WordExplainer(session, load_tokenizer())
         img = image.numpy()
-        one = _median_ms(lambda: [device.explain(img, [s]) for s in SENTENCES], a.runs) / len(SENTENCES)
-        batch = _median_ms(lambda: device.explain(img, SENTENCES), a.runs) / len(SENTENCES)
+        one = median_ms(lambda: [device.explain(img, [s]) for s in SENTENCES], a.runs, warmup=1) / len(SENTENCES)
+        batch = median_ms(lambda: device.explain(img, SENTENCES), a.runs, warmup=1) / len(SENTENCES)
         ours = device.explain(img, SENTENCES)
 
     tokens = open_clip.tokenize(SENTENCES)
@@ -99,8 +86,8 @@ def main():
         return [ref.grad_eclip_text(sd, tokens[i], image, heads, quick, one_pass=one_pass)[0]
                 for i in range(len(SENTENCES))]
     theirs = reference()
-    torch_ms = _median_ms(reference, a.runs) / len(SENTENCES)
-    torch_one_ms = _median_ms(lambda: reference(True), a.runs) / len(SENTENCES)
+    torch_ms = median_ms(reference, a.runs, warmup=1) / len(SENTENCES)
+    torch_one_ms = median_ms(lambda: reference(True), a.runs, warmup=1) / len(SENTENCES)
     err = max(float(np.abs(o.weights - t.numpy()).max()) for o, t in zip(ours, theirs))
     figures = {"backbone": a.backbone, "blocks": explainer.n, "threads": a.threads, "sentences": len(SENTENCES),
                "export_s": round(export_s, 1), "torch_autograd_ms": round(torch_ms, 2),

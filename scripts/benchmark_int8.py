@@ -9,7 +9,7 @@ MatMul in int8 (``--int8-layers all``, written with --force if it fails the
 gate), all from the same weights. Then each bundle is timed in its own process
 (two onnxruntime sessions in one process slow each other down), image file to
 full-size heatmaps, batch 1, the rows alternating over ``--rounds`` rounds;
-the speed-up over fp32 is taken within each round. The fidelity figures, the
+the speed-up over fp32 is taken within each round (scripts/harness.py). The fidelity figures, the
 share of FLOPs in int8 and the export time come from the manifests and the
 exporter. Prints a markdown table for docs/performance.md.
 """
@@ -20,12 +20,13 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import alternate, median_of, ratio_text, ratios, run_json
 
 ROOT = Path(__file__).resolve().parent.parent
 ROCKET = ROOT / "examples" / "rocket.jpg"
@@ -34,17 +35,11 @@ VARIANTS = (("fp32", ["--precision", "fp32"]), ("int8 auto", ["--precision", "in
             ("int8 all", ["--precision", "int8", "--int8-layers", "all", "--force"]))
 
 WORKER = """
-import json, statistics, sys, time
+import json, sys
+from harness import median_ms
 from clipxai.runtime import Predictor
 p = Predictor.from_bundle(sys.argv[1], providers="cpu", threads=int(sys.argv[2]), graph_cache="sync")
-for _ in range(2):
-    p.predict(sys.argv[3]).heatmaps
-times = []
-for _ in range(int(sys.argv[4])):
-    t = time.perf_counter()
-    p.predict(sys.argv[3]).heatmaps
-    times.append(time.perf_counter() - t)
-print(json.dumps({"ms": 1000 * statistics.median(times)}))
+print(json.dumps({"ms": median_ms(lambda: p.predict(sys.argv[3]).heatmaps, int(sys.argv[4]), warmup=2)}))
 """
 
 
@@ -56,11 +51,11 @@ def export(a, out: Path, size: int, flags: list[str]) -> float:
     return time.perf_counter() - t
 
 
-def time_bundle(a, bundle: Path, cache: Path) -> float:
+def time_bundle(a, bundle: Path, cache: Path) -> dict:
+    """{"ms": median ms per image} of ``bundle``, in its own process."""
     env = dict(os.environ, CLIPXAI_CACHE_DIR=str(cache))
-    r = subprocess.run([sys.executable, "-c", WORKER, str(bundle), str(a.threads), str(ROCKET), str(a.runs)],
-                       capture_output=True, text=True, env=env, check=True)
-    return json.loads(r.stdout.strip().splitlines()[-1])["ms"]
+    return run_json([sys.executable, "-c", WORKER, str(bundle), str(a.threads), str(ROCKET), str(a.runs)],
+                    bundle.name, env)
 
 
 def main():
@@ -81,15 +76,12 @@ def main():
                 print(f"exporting {name} at {size} ...", file=sys.stderr)
                 bundles[name] = work / f"{size}-{name.replace(' ', '-')}"
                 export_s[name] = export(a, bundles[name], size, flags)
-            ms = {name: [] for name, _ in VARIANTS}
-            for r in range(a.rounds):
-                print(f"round {r + 1}/{a.rounds} at {size} ...", file=sys.stderr)
-                for name, _ in VARIANTS:
-                    ms[name].append(time_bundle(a, bundles[name], work / "cache"))
+            rounds = alternate({name: (lambda b=bundles[name]: time_bundle(a, b, work / "cache"))
+                                for name, _ in VARIANTS}, a.rounds, f"at {size}")
             for name, _ in VARIANTS:
                 m = json.loads((bundles[name] / "manifest.json").read_text())
-                ratios = [f / x for f, x in zip(ms["fp32"], ms[name])]
-                rows.append((size, name, statistics.median(ms[name]), ratios, m.get("fidelity"), export_s[name]))
+                rows.append((size, name, median_of(rounds, name, "ms"), ratios(rounds, "fp32", name, "ms"),
+                             m.get("fidelity"), export_s[name]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{a.backbone} ({a.pretrained} weights), 5 classes, 640x427 image -> heatmaps, batch 1, {a.threads} threads, "
@@ -97,14 +89,14 @@ def main():
     print("| size | graph | ms / image | speed vs fp32 (median; min–max over rounds) | FLOPs in int8 | "
           "kept fp32 by measurement | heatmap correlation | pixel agreement | top-1 agreement | export s |")
     print("|---|---|---:|---:|---:|---|---:|---:|---:|---:|")
-    for size, name, med, ratios, fid, secs in rows:
+    for size, name, med, speed, fid, secs in rows:
         conv = (fid or {}).get("conversion") or {}
         share = conv.get("int8_flop_share", 1.0 if name == "int8 all" else 0.0)
         kept = ", ".join(conv.get("sensitive_fp32", [])) or ("—" if name != "int8 auto" else "none")
         fig = (lambda k: f"{fid[k]:.4f}" if fid else "—")
         pct = (lambda k: f"{100 * fid[k]:.1f}%" if fid else "—")
         print(f"| {size} | {name} | {med:.0f} | "
-              + ("—" if name == "fp32" else f"**{statistics.median(ratios):.2f}×** ({min(ratios):.2f}–{max(ratios):.2f})")
+              + ("—" if name == "fp32" else ratio_text(speed))
               + f" | {100 * share:.1f}% | {kept} | {fig('correlation')} | {pct('pixel_agreement')} | "
               f"{pct('top1_agreement')} | {secs:.0f} |")
 

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import alternate, ratio_text, ratios
+
 ROOT = Path(__file__).parent.parent
 CONFIGS = {
     "local, 2 threads": ["--threads", "2"],
@@ -44,8 +46,10 @@ def make_images(folder: Path, n: int) -> None:
         im.resize((640, 427)).save(folder / f"img{i:03d}.jpg", quality=92)
 
 
-def run_once(bundle: str, images: Path, out: Path, args: list[str]) -> tuple[float, float | None]:
-    cmd = [sys.executable, "-m", "clipxai.runtime.cli.segment", bundle, str(images), "--out", str(out),
+def run_once(bundle: str, images: Path, out: Path, args: list[str]) -> dict:
+    """{"wall_s": process start to exit, "inner": the run's own images/s or None}, in a fresh ``out``."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "clipxai.cli.segment", bundle, str(images), "--out", str(out),
            "--no-overlays", "--batch-size", "4", *args]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -53,7 +57,7 @@ def run_once(bundle: str, images: Path, out: Path, args: list[str]) -> tuple[flo
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
     m = re.search(r"([0-9.]+) images/s", r.stdout + r.stderr)
-    return wall, float(m.group(1)) if m else None
+    return {"wall_s": wall, "inner": float(m.group(1)) if m else None}
 
 
 def main():
@@ -65,24 +69,19 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="clipxai-ray-bench-"))
     try:
         make_images(work / "in", a.images)
-        results = {name: [] for name in CONFIGS}
-        for r in range(a.rounds):
-            for name, args in CONFIGS.items():
-                print(f"round {r + 1}/{a.rounds}: {name} ...", file=sys.stderr)
-                out = work / "out"
-                shutil.rmtree(out, ignore_errors=True)
-                results[name].append(run_once(a.bundle, work / "in", out, args))
+        rounds = alternate({name: (lambda args=args: run_once(a.bundle, work / "in", work / "out", args))
+                            for name, args in CONFIGS.items()}, a.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    base = statistics.median(a.images / w for w, _ in results["local, 2 threads"])
-    print(f"\n{a.images} images 640x427, {a.bundle}, median of {a.rounds} rounds\n")
-    print("| configuration | wall images/s (vs local 2 threads) | images/s while the actors ran |")
-    print("|---|---:|---:|")
-    for name, runs in results.items():
-        wall = statistics.median(a.images / w for w, _ in runs)
-        inner = [x for _, x in runs if x is not None]
+    base = "local, 2 threads"
+    print(f"\n{a.images} images 640x427, {a.bundle}, median of {a.rounds} rounds (ratios within a round)\n")
+    print(f"| configuration | wall images/s | vs {base} (median; min–max) | images/s while the actors ran |")
+    print("|---|---:|---:|---:|")
+    for name in CONFIGS:
+        wall = statistics.median(a.images / r[name]["wall_s"] for r in rounds)
+        inner = [r[name]["inner"] for r in rounds if r[name]["inner"] is not None]
         inner_s = f"{statistics.median(inner):.2f}" if inner else "—"
-        print(f"| {name} | {wall:.2f} ({wall / base:.2f}×) | {inner_s} |")
+        print(f"| {name} | {wall:.2f} | {ratio_text(ratios(rounds, base, name, 'wall_s'))} | {inner_s} |")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness import alternate, median_of, ratio_text, ratios
 
 CLASSES = "sky,road,car,tree,person"
 
@@ -123,12 +123,9 @@ def main():
             p = Predictor.from_bundle(bundle, providers="cpu", threads=a.threads, graph_cache="sync",
                                       cache_dir=str(work / "cache"))
             streamed(p, video)  # warm up both paths
-            fps = {"plain": [], "stream": []}
-            for r in range(a.rounds):
-                print(f"round {r + 1}/{a.rounds} at {size} ...", file=sys.stderr)
-                fps["plain"].append(plain(p, video))
-                fps["stream"].append(streamed(p, video))
-            rows.append((size, fps, stages(p, video)))
+            rounds = alternate({"plain": lambda: {"fps": plain(p, video)},
+                                "stream": lambda: {"fps": streamed(p, video)}}, a.rounds, f"at {size}")
+            rows.append((size, rounds, stages(p, video)))
             del p
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -137,11 +134,10 @@ def main():
     print("| size | plain loop frames/s | stream() frames/s | stream / plain (median; min–max) | "
           "decode ms | preprocess ms | graph ms | segmentation ms |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for size, fps, st in rows:
-        ratios = [s / q for s, q in zip(fps["stream"], fps["plain"])]
-        print(f"| {size} | {statistics.median(fps['plain']):.2f} | {statistics.median(fps['stream']):.2f} | "
-              f"**{statistics.median(ratios):.2f}×** ({min(ratios):.2f}–{max(ratios):.2f}) | {st['decode']:.1f} | "
-              f"{st['preprocess']:.1f} | {st['graph']:.1f} | {st['segmentation']:.1f} |")
+    for size, rounds, st in rows:
+        speed = ratio_text(ratios(rounds, "stream", "plain", "fps"))  # frames/s: stream's over plain's
+        print(f"| {size} | {median_of(rounds, 'plain', 'fps'):.2f} | {median_of(rounds, 'stream', 'fps'):.2f} | "
+              f"{speed} | {st['decode']:.1f} | {st['preprocess']:.1f} | {st['graph']:.1f} | {st['segmentation']:.1f} |")
 
 
 if __name__ == "__main__":

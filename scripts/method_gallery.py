@@ -9,8 +9,9 @@ Exports a bundle per method (every method of ``clipxai.contract.METHODS``) into
 a temporary directory, runs it with the runtime's ``Predictor`` and writes, into
 ``--out``: ``<method>.png`` (one overlay per class, side by side, captioned) and
 ``methods.png`` (all methods, one row each). Without real weights (the default
-``random``, as no weights can be downloaded offline) every picture is stamped
-RANDOM WEIGHTS: such pictures show the mechanics, not what a method finds.
+``random``, as no weights can be downloaded offline) every row carries the
+random-weights banner above it: such pictures show the mechanics, not what a
+method finds.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def vstack(pictures: list[Image.Image], gap: int = 6) -> Image.Image:
 
 
 def method_row(bundle: Path, image_path: Path, width: int, random_weights: bool) -> Image.Image:
-    """Overlays of every class of the bundle on the image, side by side, each captioned."""
+    """Overlays of every class of the bundle on the image, side by side, each captioned (under the
+    random-weights banner when ``random_weights``)."""
     from clipxai.runtime import Predictor
     from clipxai.runtime.preprocess import open_image
     from clipxai.runtime.visualize import overlay, stamp
@@ -68,10 +70,8 @@ def method_row(bundle: Path, image_path: Path, width: int, random_weights: bool)
     tiles = []
     for k, name in enumerate(pred.classes):
         pic = overlay(image, pred.heatmap(k)).resize(small, Image.BICUBIC)
-        if random_weights:
-            pic = stamp(pic, "RANDOM WEIGHTS")
         tiles.append(caption(pic, f"{method}: {name}  (score {pred.scores[k]:.2f})"))
-    return hstack(tiles)
+    return stamp(hstack(tiles)) if random_weights else hstack(tiles)
 
 
 def make_gallery(out: Path, pretrained: str, backbone: str, image: Path, classes: list[str], image_size: int,
@@ -112,7 +112,7 @@ def make_gallery(out: Path, pretrained: str, backbone: str, image: Path, classes
               show_default=True)
 def main(pretrained, backbone, image, classes, image_size, width, out):
     """Write one heatmap overlay per method and class on a sample image."""
-    from clipxai.common.cli import cli_errors
+    from clipxai.cli.console import cli_errors
     with cli_errors():
         paths = make_gallery(out, pretrained, backbone, image, [c.strip() for c in classes.split(",")],
                              image_size, width)

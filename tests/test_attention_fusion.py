@@ -16,7 +16,7 @@ from clipxai.runtime import Predictor
 from clipxai.runtime.cpu import graph_cache as gc
 from clipxai.runtime.cpu.attention_fusion import fuse_attention
 
-import reference as ref
+from clipxai.models import reference as ref
 from helpers import random_images
 from tiny import TINY, TINY_HEADS, TINY_SURGERY_BLOCKS
 

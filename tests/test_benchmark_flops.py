@@ -65,8 +65,9 @@ def test_rounds_are_combined_by_median_and_ratios_are_taken_within_a_round():
     rows = bench.combine_rounds(rounds)
     fp32 = rows["clipxai fp32"]
     assert fp32["total_ms_b1"] == 110 and fp32["peak_rss_mb"] == 6 and fp32["provider"] == "x"
-    assert fp32["ratio_b1"] == (2.0, 2.0, 2.0) and fp32["ratio_b4"] == (2.0, 2.0, 2.0)
-    assert rows["torch reference"]["ratio_b1"] == (1.0, 1.0, 1.0)
+    assert fp32["ratio_b1"] == [2.0, 2.0, 2.0] and fp32["ratio_b4"] == [2.0, 2.0, 2.0]  # one per round
+    assert rows["torch reference"]["ratio_b1"] == [1.0, 1.0, 1.0]
+    assert bench.ratio_text(fp32["ratio_b1"]) == "**2.00×** (2.00–2.00)"
 
 
 FAKE_WORKER = """

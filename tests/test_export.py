@@ -10,7 +10,7 @@ from clipxai.common.files import sha256_file
 from clipxai.export.pipeline import ExportConfig, export_bundle
 from clipxai.models.surgery import SurgeryViT
 
-import reference as ref
+from clipxai.models import reference as ref
 from tiny import TINY, TINY_HEADS, TINY_SURGERY_BLOCKS
 from helpers import leftovers, random_images, read_manifest, run_bundle
 

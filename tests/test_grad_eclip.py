@@ -20,7 +20,7 @@ from clipxai.models.backbones import resolve_backbone
 from clipxai.models.grad_eclip import GradEclipViT
 from clipxai.models.loading import load_clip
 
-import reference as ref
+from clipxai.models import reference as ref
 from helpers import random_images, read_manifest, run_bundle
 from tiny import TINY, TINY_HEADS
 
@@ -153,7 +153,7 @@ def test_export_cli_grad_eclip(tmp_path):
 
 def test_runtime_and_segment_cli_run_the_bundle(bundle, tmp_path):
     from clipxai.runtime import Predictor
-    from clipxai.runtime.cli.segment import main
+    from clipxai.cli.segment import main
     p = Predictor.from_bundle(bundle.path, providers="cpu")
     pred = p.predict(ROCKET)
     assert pred.heatmaps_grid.shape == (3, 6, 6) and pred.similarity.shape == (36, 3)
@@ -200,7 +200,8 @@ def test_method_gallery_script(tmp_path):
     written = gallery.make_gallery(tmp_path / "g", "random", TINY.name, ROCKET, CLASSES, 32, width=120)
     assert [p.name for p in written] == [f"{m}.png" for m in METHODS] + ["methods.png"]
     row = Image.open(tmp_path / "g" / "grad-eclip.png")
-    assert row.width == 3 * 120 + 2 * 4 and row.height == round(427 * 120 / 640) + 18
-    assert np.asarray(row)[2, 2].tolist() == [200, 0, 0]  # the RANDOM WEIGHTS banner
+    from clipxai.runtime.visualize import BANNER_COLOUR, BANNER_HEIGHT
+    assert row.width == 3 * 120 + 2 * 4 and row.height == BANNER_HEIGHT + round(427 * 120 / 640) + 18
+    assert np.asarray(row)[2, 2].tolist() == list(BANNER_COLOUR)  # the random-weights banner, above the row
     n = len(METHODS)
     assert Image.open(tmp_path / "g" / "methods.png").height == n * row.height + 6 * (n - 1)

@@ -14,7 +14,7 @@ from clipxai.models.dense_methods import DenseViT, naclip_omega
 from clipxai.models.pos_embed import resize_pos_bicubic_scale, resize_pos_bicubic_size
 from clipxai.runtime import Predictor
 
-import reference as ref
+from clipxai.models import reference as ref
 from helpers import leftovers, random_images, read_manifest, run_bundle
 from tiny import TINY, TINY_HEADS, TINY_RN
 

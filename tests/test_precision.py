@@ -17,7 +17,7 @@ from clipxai.export.fidelity import compare_outputs, pearson, synthetic_scenes
 from clipxai.export.pipeline import ExportConfig, export_bundle
 from clipxai.runtime import Predictor
 
-import reference as ref
+from clipxai.models import reference as ref
 from helpers import leftovers, read_manifest, run_bundle
 from tiny import TINY, TINY_HEADS, TINY_SURGERY_BLOCKS
 

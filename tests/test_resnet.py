@@ -17,7 +17,7 @@ from clipxai.models.loading import load_clip
 from clipxai.models.resnet_surgery import SurgeryResNet, check_resnet_structure
 from clipxai.runtime import Predictor
 
-import reference as ref
+from clipxai.models import reference as ref
 from helpers import leftovers, random_images, read_manifest, run_bundle
 from tiny import TINY_RN
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from clipxai.runtime.cli.segment import main
+from clipxai.cli.segment import main
 from tiny import TINY
 
 ROCKET = Path(__file__).parent.parent / "examples" / "rocket.jpg"
@@ -35,11 +35,12 @@ def test_writes_overlays_segmentation_and_json(bundle, tmp_path):
     r = invoke(bundle, ROCKET, "--out", out)
     assert r.exit_code == 0, r.output
     assert f"results: {out}" in r.stdout and "RANDOM" in r.stderr
+    from clipxai.runtime.visualize import BANNER_HEIGHT  # random weights: the banner's strip above each picture
     for c in CLASSES:
         im = Image.open(out / f"rocket_heatmap_{c}.png")
-        assert im.size == (640, 427) and im.mode == "RGB"
+        assert im.size == (640, 427 + BANNER_HEIGHT) and im.mode == "RGB"
     seg = Image.open(out / "rocket_segmentation.png")
-    assert seg.height == 427 and seg.width > 640  # image plus legend panel
+    assert seg.height == 427 + BANNER_HEIGHT and seg.width > 640  # image plus legend panel
     rec = json.loads((out / "rocket.json").read_text())
     assert set(rec["scores"]) == set(CLASSES) and rec["top_class"] in CLASSES
     assert abs(sum(rec["scores"].values()) - 1) < 1e-4

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import reference as ref
+from clipxai.models import reference as ref
 from helpers import random_images, read_manifest, run_bundle
 
 pytestmark = pytest.mark.slow

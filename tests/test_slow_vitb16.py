@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import reference as ref
+from clipxai.models import reference as ref
 from helpers import random_images, read_manifest, run_bundle
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipxai.runtime import tokenizer as tk
-from clipxai.runtime.text.tokenizer import clean_text, pre_tokenize, tokenize
+from clipxai.runtime.text.tokenizer import Tokenizer, clean_text, pre_tokenize, tokenize
 from clipxai.templates import TEMPLATES
 
 CORPUS = [
@@ -95,4 +94,4 @@ def test_vocabulary_path_errors(tmp_path):
     bad = tmp_path / "v.txt.gz"
     bad.write_bytes(b"not gzip")
     with pytest.raises(ClipxaiError, match="not a readable BPE vocabulary"):
-        tk.Tokenizer(bad)
+        Tokenizer(bad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from clipxai.mask_models import MaskModel, register_mask_model
+from clipxai.models.sam import save_random_checkpoint as save_checkpoint  # noqa: F401  (the tests' name)
 
 TINY_SAM = register_mask_model(MaskModel("tiny-sam", "sam", (32, 2, 2, (1,)), "tiny_sam.pth",
                                          "https://example.invalid/"))
@@ -16,12 +17,3 @@ TINY_SAM2 = register_mask_model(MaskModel(
 TINY_SAM_WIDE = register_mask_model(MaskModel("tiny-sam-wide", "sam", (48, 2, 2, (1,)), "tiny_sam_wide.pth",
                                               "https://example.invalid/"))
 
-
-def save_checkpoint(row: MaskModel, path, seed: int = 0):
-    """Random weights of ``row`` saved as its official files are: SAM a plain state dict, SAM 2.1 {"model": ...}."""
-    import torch
-
-    from clipxai.models.sam import build_mask_model
-    model = build_mask_model(row, seed=seed)
-    torch.save(model.state_dict() if row.family == "sam" else {"model": model.state_dict()}, str(path))
-    return model

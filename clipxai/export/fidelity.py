@@ -121,15 +121,12 @@ def run_outputs(path: Path, x: np.ndarray, extra: dict | None = None,
     return _run(_session(path, provider), x, extra or {})
 
 
-def measure_fidelity(reference: Path, candidate: Path, images: np.ndarray, mean, std,
-                     provider: str = "CPUExecutionProvider", extra_inputs: dict | None = None) -> dict:
-    """Run both graphs on uint8 images [n, S, S, 3] and compare (see module docstring).
-    extra_inputs: other graph inputs (a text-encoder bundle's text and redundancy)."""
-    x = preprocess_images(images, mean, std)
-    ref = run_outputs(reference, x, extra_inputs)
-    report = compare_outputs(ref, run_outputs(candidate, x, extra_inputs, provider), images.shape[1])
-    report["provider"] = provider
-    return report
+def measure_fidelity(reference: list[np.ndarray], candidate: Path, x: np.ndarray, extra: dict | None = None,
+                     provider: str = "CPUExecutionProvider") -> dict:
+    """Fidelity figures (module docstring) of the graph at ``candidate`` on preprocessed images
+    x [n, 3, S, S], against ``reference``: the fp32 graph's ``run_outputs`` on the same x.
+    extra: other graph inputs (a text-encoder bundle's text and redundancy)."""
+    return compare_outputs(reference, run_outputs(candidate, x, extra, provider), x.shape[-1])
 
 
 def gate_failures(report: dict, gate: Gate) -> list[str]:

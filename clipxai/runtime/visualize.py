@@ -1,4 +1,5 @@
-"""Pictures: JET heatmap overlays (like the paper's figures) and a legended segmentation.
+"""Pictures: JET heatmap overlays (like the paper's figures), a legended segmentation, and the
+random-weights banner (a strip above a picture, never over it).
 
 Large images are drawn in bands of about ``BAND_PIXELS`` pixels: no
 full-size float array is ever made, so the memory a picture needs is its own
@@ -129,14 +130,19 @@ def segmentation_image(image: Image.Image, labels: np.ndarray, classes: list[str
     return tint(image, labels, cols, alpha, out=legend_canvas(image.width, image.height, entries))
 
 
-def stamp(image: Image.Image, text: str, in_place: bool = False) -> Image.Image:
-    """A red banner with ``text`` across the top (used to label random-weight results); on a copy
-    unless ``in_place``."""
-    out = image if in_place else image.copy()
-    draw = ImageDraw.Draw(out)
-    font = ImageFont.load_default()
-    draw.rectangle([0, 0, out.width, 16], fill=(200, 0, 0))
-    draw.text((4, 2), text, fill=(255, 255, 255), font=font)
+RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS - a placeholder, not a result"  # every random-weights picture's label
+BANNER_HEIGHT = 18                 # pixels of the red strip ``stamp`` puts above a picture
+BANNER_COLOUR = (200, 0, 0)
+
+
+def stamp(image: Image.Image, text: str = RANDOM_WEIGHTS_BANNER) -> Image.Image:
+    """``image`` [W, H] on a new RGB canvas [W, H + BANNER_HEIGHT]: a red strip carrying ``text`` on
+    top (labels random-weight results), the picture below it untouched, legend included. The size
+    depends on the picture's only, so every frame of a video keeps one size; text wider than the
+    picture is cut."""
+    out = Image.new("RGB", (image.width, image.height + BANNER_HEIGHT), BANNER_COLOUR)
+    ImageDraw.Draw(out).text((4, 3), text, fill=(255, 255, 255), font=ImageFont.load_default())
+    out.paste(image if image.mode == "RGB" else image.convert("RGB"), (0, BANNER_HEIGHT))
     return out
 
 

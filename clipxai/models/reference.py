@@ -3,13 +3,17 @@
 It reads raw tensors from an open_clip CLIP state dict and never calls clipxai's
 model code. It follows the reference implementation's structure: both paths in
 full through every surgery block (no class-token shortcut), the element-wise
-feature-surgery formulation, min-max, reshape, bilinear resize.
+feature-surgery formulation, min-max, reshape, bilinear resize. The oracle that
+the tests and the benchmarks (scripts/benchmark*.py) compare clipxai against;
+not used by clipxai itself.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from clipxai.contract import LOGIT_SCALE
 
 
 def _ln(x, sd, name):
@@ -115,11 +119,11 @@ def heatmaps(sim, size_hw):
     return F.interpolate(m, size_hw, mode="bilinear", align_corners=False)
 
 
-def pipeline(sd, image, text, mode, heads, surgery_blocks, quick_gelu, redundancy=None, logit_scale=100.0):
-    """Returns similarity [B,N,K], scores [B,K], grid heatmaps [B,K,g,g]."""
+def pipeline(sd, image, text, mode, heads, surgery_blocks, quick_gelu, redundancy=None):
+    """Returns similarity [B,N,K], scores [B,K] (CLIP's logit scale, contract.LOGIT_SCALE), grid heatmaps [B,K,g,g]."""
     feats = F.normalize(surgery_tokens(sd, image, heads, surgery_blocks, quick_gelu), dim=-1)
     sim = feature_surgery(feats, text, mode, redundancy)[:, 1:]
-    scores = (logit_scale * feats[:, 0] @ text.t()).softmax(-1)
+    scores = (LOGIT_SCALE * feats[:, 0] @ text.t()).softmax(-1)
     g = int(round(sim.shape[1] ** 0.5))
     return sim, scores, heatmaps(sim, (g, g))
 
