@@ -53,6 +53,7 @@ def main():
     from clipxai.runtime.providers import SessionOptions, create_session
     from clipxai.runtime.text.encoder import TextEncoder
     from clipxai.runtime.text.tokenizer import Tokenizer
+    from clipxai.manifest import ClipManifest, FileEntry
     from clipxai.templates import TEMPLATES
 
     torch.set_num_threads(a.threads)
@@ -62,7 +63,7 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="clipxai-bench-text-"))
     export_text_onnx(TextTowerOnnxModel(model).eval(), tmp / TEXT_ENCODER_FILE, 17)
     (tmp / BPE_VOCAB_FILE).write_bytes(Path(open_clip.tokenizer.default_bpe()).read_bytes())
-    bundle = Bundle(tmp, {"files": {TEXT_ENCODER_FILE: {"sha256": "bench"}, BPE_VOCAB_FILE: {"sha256": "bench"}}})
+    bundle = Bundle(tmp, ClipManifest(files={TEXT_ENCODER_FILE: FileEntry("bench"), BPE_VOCAB_FILE: FileEntry("bench")}))
     session = create_session(tmp / TEXT_ENCODER_FILE, "cpu", SessionOptions(threads=a.threads))
     encoder = TextEncoder(bundle, session, Tokenizer(tmp / BPE_VOCAB_FILE))
     encoder.encode_classes(["warm up"], TEMPLATES[:8])

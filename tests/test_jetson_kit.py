@@ -21,6 +21,7 @@ from clipxai.common.files import sha256_file
 from clipxai.runtime import NvidiaOptions, Predictor, load_bundle
 from clipxai.runtime.nvidia import engine_cache
 from clipxai.runtime.onnx_wire import Node, read_nodes
+from clipxai.manifest import ClipManifest, Graph, TensorSpec
 from clipxai.runtime.nvidia.trt_args import FP32_OPS, plan_from_manifest
 from tiny import TINY
 
@@ -53,9 +54,10 @@ def fake_machine(monkeypatch):
     return machine
 
 
-def manifest(size: int, precision: str = "fp32", batch="batch") -> dict:
-    return {"image_size": size, "precision": precision,
-            "graph": {"inputs": {"image": {"dtype": "float32", "shape": [batch, 3, size, size]}}}}
+def manifest(size: int, precision: str = "fp32", batch="batch", shape=None) -> ClipManifest:
+    """The fields plan_from_manifest reads (the constructor checks nothing; load_bundle's from_dict does)."""
+    image = TensorSpec.of("float32", shape or [batch, 3, size, size])
+    return ClipManifest(image_size=size, precision=precision, graph=Graph(inputs={"image": image}, outputs={}))
 
 
 NODES = [Node("/conv/Conv", "Conv"), Node("/ln_pre/LayerNormalization", "LayerNormalization"),
@@ -134,14 +136,13 @@ def test_precision_and_batch_errors():
     assert (fixed.min_batch, fixed.opt_batch, fixed.max_batch) == (2, 2, 2)
     with pytest.raises(ClipxaiError, match="fixed batch of 2"):
         plan_from_manifest(manifest(448, batch=2), "m.onnx", max_batch=8, nodes=NODES)
-    bad = manifest(224)
-    bad["graph"]["inputs"]["image"]["shape"] = ["batch", 3, 224, 225]
+    bad = manifest(224, shape=["batch", 3, 224, 225])
     with pytest.raises(ClipxaiError, match="expected \\[batch, 3, 224, 224\\]"):
         plan_from_manifest(bad, "m.onnx", nodes=NODES)
 
 
 def test_cli_args_for_a_real_bundle(bundle):
-    r = subprocess.run([sys.executable, "-m", "clipxai.runtime.cli.trt_args", str(bundle), "--precision", "fp16",
+    r = subprocess.run([sys.executable, "-m", "clipxai.cli.trt_args", str(bundle), "--precision", "fp16",
                         "--max-batch", "2"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     args = r.stdout.splitlines()
@@ -151,7 +152,7 @@ def test_cli_args_for_a_real_bundle(bundle):
     pinned = {p.rsplit(":", 1)[0] for p in args[6].split("=", 1)[1].split(",")}
     assert pinned == {n.name for n in graph if n.op_type in FP32_OPS}
     assert {"LayerNormalization", "Softmax"} <= {n.op_type for n in graph if n.name in pinned}
-    bad = subprocess.run([sys.executable, "-m", "clipxai.runtime.cli.trt_args", str(bundle), "--precision", "int8"],
+    bad = subprocess.run([sys.executable, "-m", "clipxai.cli.trt_args", str(bundle), "--precision", "int8"],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.startswith("error: a fp32 bundle builds") and "Traceback" not in bad.stderr
 

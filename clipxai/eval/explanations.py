@@ -1,5 +1,5 @@
 """Deletion/insertion evaluation of bundles on an image folder: what
-``scripts/evaluate_explanations.py`` does, as typed functions (runtime only, no torch).
+``clipxai evaluate faithfulness`` does, as typed functions (runtime only, no torch).
 
 Labels: ``--labels FILE`` lines ``<image path relative to the folder><TAB or comma><class>``
 (``#`` starts a comment), or, without a file, each image's parent folder names its class
@@ -20,6 +20,7 @@ from PIL import Image
 from clipxai.common.images import is_image_file
 from clipxai.contract import OUTPUT_SCORES
 from clipxai.errors import ClipxaiError
+from clipxai.manifest import ClipManifest
 from clipxai.eval.faithfulness import MODES, RANDOM, FaithfulnessReport, order_methods
 
 
@@ -104,9 +105,9 @@ def bundle_explainer(predictor, index_of: dict[str, int], labels: Sequence[str])
     return explain
 
 
-def method_names(bundles: Sequence[str], manifests: Sequence[dict]) -> list[str]:
+def method_names(bundles: Sequence[str], manifests: Sequence[ClipManifest]) -> list[str]:
     """Each bundle's method; the folder name is added where two bundles share a method."""
-    methods = [m["method"] + ("" if m["precision"] == "fp32" else f" ({m['precision']})") for m in manifests]
+    methods = [m.method + ("" if m.precision == "fp32" else f" ({m.precision})") for m in manifests]
     return [m if methods.count(m) == 1 else f"{m} [{Path(b).name}]" for m, b in zip(methods, bundles)]
 
 

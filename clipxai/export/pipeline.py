@@ -1,15 +1,14 @@
-"""``export_bundle``: the typed function behind ``clipxai-export``."""
+"""``export_bundle``: the typed function behind ``clipxai export``."""
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import os
 import platform
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 import onnx
@@ -21,14 +20,19 @@ from clipxai.contract import (
     KIND_CLIP, MAX_IMAGE_SIZE, MODEL_DATA_FILE, BPE_VOCAB_FILE, CONTEXT_LENGTH, INPUT_IMAGE, INPUT_REDUNDANCY, INPUT_TEXT, LOGIT_SCALE, MODEL_FILE,
     PRECISIONS,
     OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY, REDUNDANCY_AUTO, REDUNDANCY_FILE, REDUNDANCY_MODES,
-    SCHEMA_VERSION, TEXT_EMBEDDINGS_FILE, TEXT_ENCODER_FILE, TEXT_INPUT_EOT, TEXT_INPUT_IDS, TEXT_OUTPUT,
-    EXPLAIN_INPUT_EMBEDDING, EXPLAIN_OUTPUT_COSINE, EXPLAIN_OUTPUT_WEIGHTS, OUTPUT_EMBEDDING, TEXT_EXPLAINER_FILE,
+    SCHEMA_VERSION, TEXT_EMBEDDINGS_FILE, TEXT_ENCODER_FILE, OUTPUT_EMBEDDING, TEXT_EXPLAINER_FILE,
+    DEFAULT_LABELS_MERGE_RATE, OUTPUT_LABELS,
 )
+from clipxai.common.report import Reporter
 from clipxai.errors import ClipxaiError, VerificationError
 from clipxai.export.bundle import bundle_size, check_output, finalize_manifest, staged_bundle
+from clipxai.manifest import (
+    Backbone, ClipManifest, ClipPreprocess, Graph, Manifest, Templates, TensorSpec, TextEncoderSpec, TextExplainerSpec, Weights,
+    text_encoder_io, text_explainer_io,
+)
 from clipxai.runtime.bundle import manifest_digest
 from clipxai.export.fidelity import (
-    GATES, compare_outputs, gate_failures, load_images, preprocess_images, run_outputs, synthetic_scenes,
+    GATES, gate_failures, load_images, measure_fidelity, preprocess_images, run_outputs, synthetic_scenes,
 )
 from clipxai.export.graph import BakedVocabulary
 from clipxai.export.methods import build_method_graph, check_method, uses_redundancy
@@ -63,7 +67,7 @@ class ExportConfig:
     force: bool = False  # write an int8/fp16 graph that fails the fidelity gate
     verify: bool = True
     opset: int = MIN_OPSET
-    cache_dir: str | None = None
+    weights_dir: str | None = None  # where open_clip keeps downloaded weights (None: its default)
     text_batch_size: int = 256
     tolerance: float = FP32_TOLERANCE
     precision: str = "fp32"
@@ -74,6 +78,7 @@ class ExportConfig:
     report: bool = False       # int8: print the per-layer sensitivity table
     text_explainer: bool = False  # add Grad-ECLIP's word explainer graph (needs text_encoder)
     explainer_blocks: int = DEFAULT_BLOCKS  # the last n text blocks it re-runs with one head
+    labels_merge_rate: float = DEFAULT_LABELS_MERGE_RATE  # labels: weight of the local logits (TaI-DPT's)
 
 
 @dataclass
@@ -84,27 +89,8 @@ class ExportResult:
     bytes: int
     seconds: float
     verification: dict | None
-    manifest: dict = field(repr=False, default_factory=dict)
+    manifest: Manifest | None = field(repr=False, default=None)  # as a reader gets it
     digest: str = ""
-
-
-class Reporter:
-    """How the pipeline talks to its caller; the default says nothing."""
-
-    def step(self, message: str) -> None:
-        pass
-
-    def warn(self, message: str) -> None:
-        pass
-
-    def table(self, lines: list[str]) -> None:
-        pass
-
-    def progress(self, total: int, label: str) -> ContextManager[Callable[[int], None]]:
-        @contextlib.contextmanager
-        def silent() -> Iterator[Callable[[int], None]]:
-            yield lambda n: None
-        return silent()
 
 
 def resolve_redundancy(mode: str | None, n_classes: int) -> str:
@@ -127,6 +113,8 @@ def _validate(cfg: ExportConfig) -> None:
     if cfg.text_explainer and not cfg.text_encoder:
         raise ClipxaiError("--text-explainer needs --text-encoder (the device tokenizes the sentence and encodes it "
                            "for the image-side map); add --text-encoder")
+    if not 0.0 <= cfg.labels_merge_rate <= 1.0:
+        raise ClipxaiError(f"the labels merge rate must be in [0, 1], got {cfg.labels_merge_rate}")
     if cfg.explainer_blocks < 1:
         raise ClipxaiError(f"--explainer-blocks must be >= 1, got {cfg.explainer_blocks}")
 
@@ -193,15 +181,15 @@ def _write_graphs(cfg: ExportConfig, staging: Path, graph_model, model, text, re
         export_explainer_onnx(explainer.eval(), staging / TEXT_EXPLAINER_FILE, cfg.opset, text.shape[1])
 
 
-def _verify(cfg: ExportConfig, staging: Path, graph_model, loaded, tokenizer, classes, vocabulary,
+def _verify(cfg: ExportConfig, staging: Path, graph_model, loaded, tokenizer, vocabulary,
             rep: Reporter, explainer: TextExplainer | None = None) -> dict:
     """Max abs errors of onnxruntime against PyTorch; VerificationError above the tolerance."""
     rep.step("verifying onnxruntime against PyTorch (batch 2)")
     errs = verify_onnx(staging / MODEL_FILE, graph_model, loaded.mean, loaded.std, vocabulary=vocabulary)
     verification = dict(errs, tolerance=cfg.tolerance)
-    worst = max(errs["similarity"], errs["heatmaps"])
+    worst = max(errs["similarity"], errs["heatmaps"], errs.get(OUTPUT_LABELS, 0.0) / LOGIT_SCALE)  # labels: 100·cos
     if cfg.text_encoder:
-        prompts = [tpl.format(c) for c in (classes[0], "") for tpl in TEMPLATES]
+        prompts = [tpl.format(c) for c in (cfg.classes[0], "") for tpl in TEMPLATES]  # any class checks it
         ids = tokenizer(prompts).numpy()
         lengths = (ids == tokenizer.eot_token_id).argmax(axis=1) + 1  # through the first end token
         verification["text_encoder"] = verify_text_onnx(staging / TEXT_ENCODER_FILE, loaded.model, ids, lengths)
@@ -226,7 +214,7 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
     start = time.perf_counter()
     plan = _plan(cfg)
     rep.step(f"loading {plan.spec.name} weights: {cfg.pretrained}")
-    loaded = load_clip(plan.choice, cfg.pretrained, cfg.cache_dir)
+    loaded = load_clip(plan.choice, cfg.pretrained, cfg.weights_dir)
     if loaded.weights.get("source") == RANDOM:
         rep.warn("RANDOM WEIGHTS (--pretrained random): the maps of this bundle mean nothing; for tests only")
     tokenizer = open_clip.get_tokenizer(plan.spec.open_clip_name)
@@ -235,6 +223,8 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
     text, redundancy = _encode_text(cfg, plan, loaded.model, tokenizer, rep)
 
     built = build_method_graph(cfg.method, loaded.model.visual, plan.spec, cfg.image_size, plan.mode)
+    built.module.with_labels = True
+    built.module.labels_merge_rate = cfg.labels_merge_rate
     explainer = None
     if cfg.text_explainer:
         explainer = TextExplainer(loaded.model, cfg.explainer_blocks, plan.spec.name).eval()
@@ -250,13 +240,11 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
         _write_graphs(cfg, staging, graph_model, loaded.model, text, redundancy, rep, explainer)
         verification = None
         if cfg.verify:
-            verification = _verify(cfg, staging, graph_model, loaded, tokenizer, plan.classes, vocabulary, rep,
+            verification = _verify(cfg, staging, graph_model, loaded, tokenizer, vocabulary, rep,
                                    explainer)
         fidelity = _lower_precision(cfg, staging, loaded, rep, vocabulary) if cfg.precision != "fp32" else None
-        manifest = build_manifest(cfg, loaded, plan.spec, plan.classes, plan.mode, graph_model.grid, text.shape[1],
-                                  verification, built.pos_embed_resize, explainer)
-        manifest["fidelity"] = fidelity
-        manifest = finalize_manifest(staging, manifest)
+        manifest = build_manifest(cfg, plan, loaded, built, text.shape[1], verification, explainer)
+        manifest = finalize_manifest(staging, dataclasses.replace(manifest, fidelity=fidelity))
     output = Path(cfg.output)
     return ExportResult(output, bundle_size(output), time.perf_counter() - start, verification, manifest,
                         manifest_digest(output))
@@ -288,7 +276,7 @@ def _lower_precision(cfg: ExportConfig, staging: Path, loaded, rep: Reporter, vo
         candidate = staging / f"model.{prec}.onnx"
         conversion = convert(prec, staging / MODEL_FILE, candidate)
         rep.step(f"measuring {prec} fidelity against fp32 on {len(images)} {source.split(' (')[0]} ({provider})")
-        report = compare_outputs(reference, run_outputs(candidate, x, extra, provider), cfg.image_size)
+        report = measure_fidelity(reference, candidate, x, extra, provider)
     gate = GATES[prec]
     failures = gate_failures(report, gate)
     report.update(provider=provider, image_source=source,
@@ -331,7 +319,7 @@ def _int8_accuracy_aware(cfg: ExportConfig, staging: Path, x: np.ndarray, extra:
                 shutil.copyfile(everything, dst)
 
         def evaluate(path: Path) -> dict:
-            return compare_outputs(reference, run_outputs(path, x, extra), cfg.image_size)
+            return measure_fidelity(reference, path, x, extra)
 
         choice, candidate = sel.select(work, layers, groups, quantize, evaluate, log=rep.step)
         if cfg.report:
@@ -362,84 +350,72 @@ def _check_clip_tokenizer(tokenizer, name: str) -> None:
                            f"{type(tokenizer).__name__}; export without --text-encoder")
 
 
-def _text_encoder_manifest(embed_dim: int) -> dict:
-    return {
-        "file": TEXT_ENCODER_FILE,
-        "vocab_file": BPE_VOCAB_FILE,
-        "tokenizer": "clip-bpe",
-        "context_length": CONTEXT_LENGTH,
-        "output": "unnormalised",
-        "inputs": {TEXT_INPUT_IDS: {"dtype": "int64", "shape": ["prompts", "length"]},
-                   TEXT_INPUT_EOT: {"dtype": "int64", "shape": ["prompts"]}},
-        "outputs": {TEXT_OUTPUT: {"dtype": "float32", "shape": ["prompts", embed_dim]}},
-    }
-
-
-def _text_explainer_manifest(embed_dim: int, blocks: int) -> dict:
-    return {
-        "file": TEXT_EXPLAINER_FILE,
-        "method": "grad-eclip-text",
-        "blocks": blocks,
-        "context_length": CONTEXT_LENGTH,
-        "inputs": {TEXT_INPUT_IDS: {"dtype": "int64", "shape": ["texts", CONTEXT_LENGTH]},
-                   TEXT_INPUT_EOT: {"dtype": "int64", "shape": ["texts"]},
-                   EXPLAIN_INPUT_EMBEDDING: {"dtype": "float32", "shape": [embed_dim]}},
-        "outputs": {EXPLAIN_OUTPUT_WEIGHTS: {"dtype": "float32", "shape": ["texts", CONTEXT_LENGTH]},
-                    EXPLAIN_OUTPUT_COSINE: {"dtype": "float32", "shape": ["texts"]}},
-    }
-
-
-def build_manifest(cfg, loaded, spec, classes, mode, grid, embed_dim, verification, pos_embed_resize,
-                   explainer: TextExplainer | None = None) -> dict:
+def build_manifest(cfg: ExportConfig, plan: _Plan, loaded, built, embed_dim: int, verification: dict | None,
+                   explainer: TextExplainer | None = None) -> ClipManifest:
+    """The manifest of the bundle being written, without its fidelity and files (added last).
+    built: the method's graph (MethodGraph); embed_dim: D."""
+    spec, classes, grid = plan.spec, plan.classes, built.module.grid
     n = grid * grid
     k = "classes" if cfg.text_encoder else len(classes)
     s = cfg.image_size
-    inputs = {INPUT_IMAGE: {"dtype": "float32", "shape": ["batch", 3, s, s]}}
+    inputs = {INPUT_IMAGE: _f32("batch", 3, s, s)}
     if cfg.text_encoder:
-        inputs[INPUT_TEXT] = {"dtype": "float32", "shape": ["classes", embed_dim]}
+        inputs[INPUT_TEXT] = _f32("classes", embed_dim)
         if uses_redundancy(cfg.method):  # the exported graph drops an input its method never reads
-            inputs[INPUT_REDUNDANCY] = {"dtype": "float32", "shape": [embed_dim]}
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": KIND_CLIP,
-        "clipxai_version": clipxai.__version__,
-        "created_with": {"torch": torch.__version__, "open_clip": open_clip.__version__,
-                         "onnx": onnx.__version__, "python": platform.python_version()},
-        "method": cfg.method,
-        "backbone": {"name": spec.name, "open_clip_name": spec.open_clip_name, "arch": spec.arch,
-                     "patch_size": spec.patch_size,
-                     "activation": "quick_gelu" if loaded.quick_gelu else "gelu",
-                     "surgery_blocks": spec.surgery_blocks if cfg.method == "surgery" and spec.arch == "vit" else None,
-                     "pretrained_image_size": spec.image_size},
-        "weights": loaded.weights,
-        "image_size": s,
-        "grid_size": grid,
-        "num_patches": n,
-        "embed_dim": embed_dim,
-        "pos_embed_resize": pos_embed_resize,
-        "preprocess": {"resize": "squash", "interpolation": "bicubic", "mean": list(loaded.mean),
-                       "std": list(loaded.std), "color": "RGB"},
-        "classes": classes,
-        "templates": {"set": TEMPLATE_SET, "count": len(TEMPLATES)},
-        "redundancy": mode,
-        "logit_scale": LOGIT_SCALE,
-        "opset": cfg.opset,
-        "precision": cfg.precision,
-        "graph": {
-            "inputs": inputs,
-            "outputs": {
-                OUTPUT_SIMILARITY: {"dtype": "float32", "shape": ["batch", n, k]},
-                OUTPUT_SCORES: {"dtype": "float32", "shape": ["batch", k]},
-                OUTPUT_HEATMAPS: {"dtype": "float32", "shape": ["batch", k, grid, grid]},
-            },
-        },
-        "text_embeddings": {"file": TEXT_EMBEDDINGS_FILE, "shape": [len(classes), embed_dim]},
-        "redundancy_vector": {"file": REDUNDANCY_FILE, "shape": [embed_dim]},
-        "verification": verification,
-    }
-    if cfg.text_encoder:
-        manifest["text_encoder"] = _text_encoder_manifest(embed_dim)
+            inputs[INPUT_REDUNDANCY] = _f32(embed_dim)
+    outputs = {OUTPUT_SIMILARITY: _f32("batch", n, k), OUTPUT_SCORES: _f32("batch", k),
+               OUTPUT_HEATMAPS: _f32("batch", k, grid, grid)}
+    if getattr(built.module, "with_labels", False):
+        outputs[OUTPUT_LABELS] = _f32("batch", k)
     if explainer is not None:
-        manifest["graph"]["outputs"][OUTPUT_EMBEDDING] = {"dtype": "float32", "shape": ["batch", embed_dim]}
-        manifest["text_explainer"] = _text_explainer_manifest(embed_dim, explainer.n)
-    return manifest
+        outputs[OUTPUT_EMBEDDING] = _f32("batch", embed_dim)
+    return ClipManifest(
+        schema_version=SCHEMA_VERSION,
+        kind=KIND_CLIP,
+        clipxai_version=clipxai.__version__,
+        created_with={"torch": torch.__version__, "open_clip": open_clip.__version__,
+                      "onnx": onnx.__version__, "python": platform.python_version()},
+        method=cfg.method,
+        backbone=Backbone(name=spec.name, open_clip_name=spec.open_clip_name, arch=spec.arch,
+                          patch_size=spec.patch_size, activation="quick_gelu" if loaded.quick_gelu else "gelu",
+                          surgery_blocks=spec.surgery_blocks if cfg.method == "surgery" and spec.arch == "vit"
+                          else None,
+                          pretrained_image_size=spec.image_size),
+        weights=Weights.from_dict(loaded.weights, "weights."),
+        image_size=s,
+        grid_size=grid,
+        num_patches=n,
+        embed_dim=embed_dim,
+        pos_embed_resize=built.pos_embed_resize,
+        preprocess=ClipPreprocess(resize="squash", interpolation="bicubic", mean=tuple(loaded.mean),
+                                  std=tuple(loaded.std), color="RGB"),
+        classes=tuple(classes),
+        templates=Templates(set=TEMPLATE_SET, count=len(TEMPLATES)),
+        redundancy=plan.mode,
+        logit_scale=LOGIT_SCALE,
+        labels_merge_rate=cfg.labels_merge_rate,
+        opset=cfg.opset,
+        precision=cfg.precision,
+        graph=Graph(inputs=inputs, outputs=outputs),
+        text_embeddings={"file": TEXT_EMBEDDINGS_FILE, "shape": [len(classes), embed_dim]},
+        redundancy_vector={"file": REDUNDANCY_FILE, "shape": [embed_dim]},
+        verification=verification,
+        text_encoder=_text_encoder_spec(embed_dim) if cfg.text_encoder else None,
+        text_explainer=_text_explainer_spec(embed_dim, explainer.n) if explainer is not None else None,
+    )
+
+
+def _f32(*shape) -> TensorSpec:
+    return TensorSpec.of("float32", shape)
+
+
+def _text_encoder_spec(embed_dim: int) -> TextEncoderSpec:
+    inputs, outputs = text_encoder_io(embed_dim)
+    return TextEncoderSpec(file=TEXT_ENCODER_FILE, vocab_file=BPE_VOCAB_FILE, tokenizer="clip-bpe",
+                           context_length=CONTEXT_LENGTH, output="unnormalised", inputs=inputs, outputs=outputs)
+
+
+def _text_explainer_spec(embed_dim: int, blocks: int) -> TextExplainerSpec:
+    inputs, outputs = text_explainer_io(embed_dim)
+    return TextExplainerSpec(file=TEXT_EXPLAINER_FILE, method="grad-eclip-text", blocks=blocks,
+                             context_length=CONTEXT_LENGTH, inputs=inputs, outputs=outputs)

@@ -1,4 +1,4 @@
-"""``export_mask_bundle``: SAM or SAM 2.1 -> a mask-model bundle (the typed function behind ``clipxai-export-sam``).
+"""``export_mask_bundle``: SAM or SAM 2.1 -> a mask-model bundle (the typed function behind ``clipxai export-sam``).
 
 The bundle holds two graphs (clipxai/models/sam.py): ``encoder.onnx`` (its weights in
 ``encoder.onnx.data``), run once per image, and ``decoder.onnx``, run for B prompt sets at once.
@@ -13,6 +13,7 @@ fp32's (mean IoU >= 0.95 on the fidelity images).
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from dataclasses import dataclass
@@ -24,8 +25,8 @@ import torch
 
 import clipxai
 from clipxai.contract import (
-    KIND_MASK, MASK_DECODER_FILE, MASK_EMBEDDINGS, MASK_ENCODER_FILE, MASK_HIGH_RES, MASK_INPUT_IMAGE, MASK_IOU,
-    MASK_LOW_RES, MASK_POINT_COORDS, MASK_POINT_LABELS, PRECISIONS, SCHEMA_VERSION,
+    KIND_MASK, MASK_DECODER_FILE, MASK_EMBEDDINGS, MASK_ENCODER_FILE, MASK_HIGH_RES, MASK_IMAGE_SIZE, MASK_INPUT_IMAGE,
+    MASK_IOU, MASK_LOW_RES, MASK_POINT_COORDS, MASK_POINT_LABELS, PRECISIONS, SCHEMA_VERSION,
 )
 from clipxai.errors import ClipxaiError, VerificationError, WeightsError
 from clipxai.export.bundle import bundle_size, check_output, finalize_manifest, staged_bundle
@@ -34,6 +35,7 @@ from clipxai.export.onnx_export import MIN_OPSET, export_module, save_graph
 from clipxai.export.pipeline import ExportResult, Reporter
 from clipxai.export.precision import convert
 from clipxai.common.files import sha256_file
+from clipxai.manifest import Decoding, MaskManifest, MaskPreprocess, Weights, mask_graphs
 from clipxai.mask_models import DECODING, PREPROCESS, MaskModel, resolve_mask_model
 from clipxai.models.sam import graph_modules, load_mask_model
 from clipxai.runtime.bundle import Bundle, manifest_digest
@@ -70,35 +72,19 @@ def _check(cfg: SamExportConfig) -> MaskModel:
     return row
 
 
-def _graph_io(family: str) -> tuple[dict, dict]:
-    f32 = "float32"
-    enc_out = {MASK_EMBEDDINGS: {"dtype": f32, "shape": [1, 256, 64, 64]}}
-    if family == "sam2":
-        enc_out = {MASK_HIGH_RES[0]: {"dtype": f32, "shape": [1, 32, 256, 256]},
-                   MASK_HIGH_RES[1]: {"dtype": f32, "shape": [1, 64, 128, 128]}, **enc_out}
-    dec_in = {**enc_out, MASK_POINT_COORDS: {"dtype": f32, "shape": ["prompts", "points", 2]},
-              MASK_POINT_LABELS: {"dtype": f32, "shape": ["prompts", "points"]}}
-    encoder = {"file": MASK_ENCODER_FILE, "inputs": {MASK_INPUT_IMAGE: {"dtype": f32, "shape": [1, 3, 1024, 1024]}},
-               "outputs": enc_out}
-    decoder = {"file": MASK_DECODER_FILE, "inputs": dec_in,
-               "outputs": {MASK_LOW_RES: {"dtype": f32, "shape": ["prompts", 4, 256, 256]},
-                           MASK_IOU: {"dtype": f32, "shape": ["prompts", 4]}}}
-    return encoder, decoder
-
-
 def _export_graphs(model, row: MaskModel, staging: Path, opset: int, rep: Reporter) -> None:
     encoder, decoder = graph_modules(model, row.family)
     x = torch.zeros(1, 3, 1024, 1024)
-    enc_io, dec_io = _graph_io(row.family)
+    graphs = mask_graphs(row.family)
     rep.step(f"exporting the image encoder ({MASK_ENCODER_FILE}, opset {opset})")
-    export_module(encoder, (x,), staging / MASK_ENCODER_FILE, [MASK_INPUT_IMAGE], list(enc_io["outputs"]),
+    export_module(encoder, (x,), staging / MASK_ENCODER_FILE, [MASK_INPUT_IMAGE], list(graphs.encoder.outputs),
                   opset=opset, data_file=ENCODER_DATA_FILE)
     with torch.no_grad():
         feats = encoder(x)
     feats = feats if isinstance(feats, tuple) else (feats,)
     coords, labels = torch.rand(2, 3, 2) * 1024, torch.tensor([[1.0, 0.0, -1.0], [1.0, 1.0, -1.0]])
     rep.step(f"exporting the prompt decoder ({MASK_DECODER_FILE}, any number of prompt sets and points)")
-    names = list(dec_io["inputs"])
+    names = list(graphs.decoder.inputs)
     feat_args = (feats[-1], *feats[:-1]) if row.family == "sam2" else feats
     feat_names = [MASK_EMBEDDINGS, *MASK_HIGH_RES] if row.family == "sam2" else [MASK_EMBEDDINGS]
     export_module(decoder, (*feat_args, coords, labels), staging / MASK_DECODER_FILE,
@@ -109,27 +95,27 @@ def _export_graphs(model, row: MaskModel, staging: Path, opset: int, rep: Report
     assert set(names) == set(feat_names + [MASK_POINT_COORDS, MASK_POINT_LABELS])
 
 
-def build_manifest(row: MaskModel, cfg: SamExportConfig, checkpoint_sha: str) -> dict:
-    encoder, decoder = _graph_io(row.family)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": KIND_MASK,
-        "clipxai_version": clipxai.__version__,
-        "created_with": {"torch": torch.__version__, "onnx": onnx.__version__, "python": platform.python_version()},
-        "model": row.name,
-        "family": row.family,
-        "weights": {"source": "file", "file": Path(cfg.checkpoint).name, "sha256": checkpoint_sha,
-                    "official": row.url + row.checkpoint},
-        "image_size": 1024,
-        "preprocess": dict(PREPROCESS[row.family]),
-        "decoding": dict(DECODING[row.family]),
-        "precision": cfg.precision,
-        "opset": cfg.opset,
-        "graphs": {"encoder": encoder, "decoder": decoder},
-    }
+def build_manifest(row: MaskModel, cfg: SamExportConfig, checkpoint_sha: str) -> MaskManifest:
+    """The manifest of the bundle being written, without its verification, fidelity and files (added last)."""
+    return MaskManifest(
+        schema_version=SCHEMA_VERSION,
+        kind=KIND_MASK,
+        clipxai_version=clipxai.__version__,
+        created_with={"torch": torch.__version__, "onnx": onnx.__version__, "python": platform.python_version()},
+        model=row.name,
+        family=row.family,
+        weights=Weights(source="file", file=Path(cfg.checkpoint).name, sha256=checkpoint_sha,
+                        official=row.url + row.checkpoint),
+        image_size=MASK_IMAGE_SIZE,
+        preprocess=MaskPreprocess.from_dict(PREPROCESS[row.family], "preprocess."),
+        decoding=Decoding.from_dict(DECODING[row.family], "decoding."),
+        precision=cfg.precision,
+        opset=cfg.opset,
+        graphs=mask_graphs(row.family),
+    )
 
 
-def _predictor(staging: Path, manifest: dict, encoder_file: str = MASK_ENCODER_FILE):
+def _predictor(staging: Path, manifest: MaskManifest, encoder_file: str = MASK_ENCODER_FILE):
     from clipxai.runtime.providers import SessionOptions, create_session
     from clipxai.runtime.sam.predictor import MaskPredictor
     bundle = Bundle(staging, manifest)
@@ -145,7 +131,7 @@ def _prompt_sets(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return coords.round(), np.array([[1, 1, 0]] * 3, np.float32)
 
 
-def verify(model, row: MaskModel, staging: Path, manifest: dict) -> dict:
+def verify(model, row: MaskModel, staging: Path, manifest: MaskManifest) -> dict:
     """The device pipeline against the package's predictor on a synthetic 300 x 400 scene:
     max abs error of the low-res logits and of the predicted IoU over three prompt sets."""
     image = synthetic_scenes(1, 400, seed=3)[0][:300]
@@ -185,7 +171,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def lower_precision(cfg: SamExportConfig, staging: Path, manifest: dict, rep: Reporter) -> dict:
+def lower_precision(cfg: SamExportConfig, staging: Path, manifest: MaskManifest, rep: Reporter) -> dict:
     """Convert the encoder, measure the masks' IoU against fp32, gate, put it in place."""
     rep.step(f"converting the image encoder to {cfg.precision}")
     candidate = f"encoder.{cfg.precision}.onnx"
@@ -231,9 +217,9 @@ def export_mask_bundle(cfg: SamExportConfig, reporter: Reporter | None = None) -
                 raise VerificationError(f"the mask graphs disagree with {row.family}'s predictor: max abs error "
                                         f"low-res logits {verification['low_res_masks']:.3g}, IoU "
                                         f"{verification['iou_predictions']:.3g} > {TOLERANCE}; no bundle written")
-        manifest["verification"] = verification
-        manifest["fidelity"] = lower_precision(cfg, staging, manifest, rep) if cfg.precision != "fp32" else None
-        manifest = finalize_manifest(staging, manifest)
+        fidelity = lower_precision(cfg, staging, manifest, rep) if cfg.precision != "fp32" else None
+        manifest = finalize_manifest(staging, dataclasses.replace(manifest, verification=verification,
+                                                                  fidelity=fidelity))
     output = Path(cfg.output)
     return ExportResult(output, bundle_size(output), time.perf_counter() - start, verification, manifest,
                         manifest_digest(output))

@@ -4,7 +4,9 @@
 
 - a manifest that is missing, not JSON, too large or too deeply nested, of an
   unknown schema version or kind, or whose fields fail the schema
-  (manifest.py: types, ranges, unique class names, non-zero std);
+  (clipxai/manifest.py: types, ranges, unique class names, non-zero std, and the
+  fields that must agree: grid and patch size, classes and graph outputs, a mask
+  model's family and its graphs);
 - a manifest whose digest differs from the one the caller pinned (``expect_digest``);
 - a file entry that points outside the bundle or through a symbolic link,
   a missing file, a digest mismatch;
@@ -12,8 +14,8 @@
 - embeddings that are pickled, of the wrong shape or type, or not finite,
   or a class list whose length differs from them.
 
-``check_graph_io`` then compares the session's inputs and outputs with the
-manifest once onnxruntime has the graph. The bundle itself is never written to.
+Once a graph is opened, clipxai/runtime/backends/graph_io.py compares the
+session's inputs and outputs with the manifest. The bundle itself is never written to.
 """
 
 from __future__ import annotations
@@ -27,13 +29,12 @@ import numpy as np
 
 from clipxai.common.files import sha256_file
 from clipxai.contract import (
-    INPUT_IMAGE, KIND_CLIP, MANIFEST_FILE, MAX_MANIFEST_BYTES, MODEL_FILE, OUTPUTS, REDUNDANCY_FILE,
-    SUPPORTED_SCHEMAS, TEXT_EMBEDDINGS_FILE,
+    KIND_CLIP, KIND_MASK, MANIFEST_FILE, MAX_MANIFEST_BYTES, MODEL_FILE, REDUNDANCY_FILE, SUPPORTED_SCHEMAS, TEXT_EMBEDDINGS_FILE,
 )
 from clipxai.errors import BundleError
-from clipxai.runtime import manifest as schema
+from clipxai.manifest import ClipManifest, Manifest, ManifestError, parse
 from clipxai.runtime.onnx_wire import external_data_locations
-from clipxai.runtime.stamps import is_stamped, stamp
+from clipxai.runtime.stamps import is_stamped, stamp, verify_files
 
 
 
@@ -41,12 +42,13 @@ from clipxai.runtime.stamps import is_stamped, stamp
 class Bundle:
     """A checked bundle on disk. Shapes: S = image_size, g = grid_size, N = g², K = len(classes), D = embed dim.
 
-    digest: sha256 of manifest.json (what ``clipxai-export`` prints and ``expect_digest`` pins).
+    manifest: the checked, typed manifest (clipxai/manifest.py: ClipManifest or MaskManifest).
+    digest: sha256 of manifest.json (what ``clipxai export`` prints and ``expect_digest`` pins).
     graph_data_files: files the image graph keeps its weights in (empty for single-file graphs).
     """
 
     path: Path
-    manifest: dict
+    manifest: Manifest
     digest: str = ""
     graph_data: dict = field(default_factory=dict)  # {graph file: the files it keeps its weights in}
     _embeddings: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -58,27 +60,52 @@ class Bundle:
 
     @property
     def kind(self) -> str:
-        return self.manifest.get("kind", KIND_CLIP)
+        return self.manifest.kind
 
     @property
     def classes(self) -> list[str]:
-        return list(self.manifest["classes"])
+        """The exported vocabulary (CLIP bundles)."""
+        return list(self.manifest.classes)
 
     @property
     def image_size(self) -> int:
-        return int(self.manifest["image_size"])
+        return self.manifest.image_size
 
     @property
     def grid_size(self) -> int:
-        return int(self.manifest["grid_size"])
+        return self.manifest.grid_size
 
     @property
     def mean(self) -> tuple[float, float, float]:
-        return tuple(self.manifest["preprocess"]["mean"])
+        return tuple(self.manifest.preprocess.mean)
 
     @property
     def std(self) -> tuple[float, float, float]:
-        return tuple(self.manifest["preprocess"]["std"])
+        return tuple(self.manifest.preprocess.std)
+
+    @property
+    def method(self) -> str:
+        """The explanation method baked into the image graph (CLIP bundles)."""
+        return self.manifest.method
+
+    @property
+    def precision(self) -> str:
+        return self.manifest.precision
+
+    @property
+    def backbone_name(self) -> str:
+        """The CLIP backbone ("ViT-B/16"); a mask-model bundle's model ("sam2.1-hiera-tiny")."""
+        m = self.manifest
+        return m.backbone.name if isinstance(m, ClipManifest) else m.model
+
+    @property
+    def weights_source(self) -> str | None:
+        """Where the weights came from ("open_clip", "file", "random"); None when the manifest does not say."""
+        return self.manifest.weights.source if self.manifest.weights is not None else None
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights_source == "random"
 
     @property
     def model_path(self) -> Path:
@@ -86,17 +113,13 @@ class Bundle:
 
     def graph_files(self, graph: str = MODEL_FILE) -> dict[str, str]:
         """{file name: sha256} of a graph (default the image graph, model.onnx) and its weights' files."""
-        files = self.manifest["files"]
-        return {name: files[name]["sha256"] for name in (graph, *self.graph_data.get(graph, ()))}
+        files = self.manifest.files
+        return {name: files[name].sha256 for name in (graph, *self.graph_data.get(graph, ()))}
 
     @property
     def graph_digest(self) -> str:
         """One digest for the image graph's files (keys the CPU graph cache and TensorRT engines)."""
         return files_digest(self.graph_files())
-
-    @property
-    def random_weights(self) -> bool:
-        return (self.manifest.get("weights") or {}).get("source") == "random"
 
     def text_embeddings(self) -> np.ndarray:
         """float32 [K, D] class embeddings (checked at load: plain .npy, finite)."""
@@ -119,37 +142,36 @@ def manifest_digest(path: str | Path) -> str:
     return sha256_file(Path(path) / MANIFEST_FILE)
 
 
-def load_bundle(path: str | Path, verify_digests: bool = True, expect_digest: str | None = None,
-                kind: str = KIND_CLIP, stamps: str | Path | None = None) -> Bundle:
+def load_bundle(path: str | Path, expect_digest: str | None = None, kind: str = KIND_CLIP,
+                stamps: str | Path | None = None) -> Bundle:
     """Read and check a bundle directory (module docstring); raises BundleError with a one-line message.
 
-    expect_digest: the sha256 of manifest.json the caller insists on (``clipxai-export`` prints it).
+    expect_digest: the sha256 of manifest.json the caller insists on (``clipxai export`` prints it).
     kind: the bundle kind the caller can use; another kind is refused.
     stamps: a private folder of verification stamps (clipxai/runtime/stamps.py): files unchanged
     since a stamped verification are not hashed again; a full verification leaves a stamp.
     """
     root = Path(path)
     if not root.is_dir():
-        raise BundleError(f"{root}: not a bundle directory (export one with clipxai-export)")
+        raise BundleError(f"{root}: not a bundle directory (export one with clipxai export)")
     mpath = root / MANIFEST_FILE
     raw = _read_manifest_bytes(mpath)
     digest = hashlib.sha256(raw).hexdigest()
     if expect_digest is not None and digest != expect_digest.strip().lower():
         raise BundleError(f"{mpath}: digest {digest} is not the expected {expect_digest.strip()}; this is another "
                           "bundle (or it was changed) - use the bundle you tested, or update the expected digest")
-    manifest = _parse(raw, mpath)
-    _check_schema(manifest, mpath, kind)
+    manifest = _check_schema(_parse(raw, mpath), mpath, kind)
     resolved_root = root.resolve()
-    paths = {name: _inside(root, resolved_root, name, mpath) for name in manifest["files"]}
+    paths = {name: _inside(root, resolved_root, name, mpath) for name in manifest.files}
     names = [MANIFEST_FILE, *paths]
-    hashed = verify_digests and not (stamps is not None and is_stamped(Path(stamps), root, digest, names))
-    for name, fpath in paths.items():
-        if hashed and sha256_file(fpath) != manifest["files"][name]["sha256"]:
-            raise BundleError(f"{fpath}: sha256 does not match the manifest (corrupt or modified); re-export or re-copy")
-    if hashed and stamps is not None:
-        stamp(Path(stamps), root, digest, names)
+    hashed = not (stamps is not None and is_stamped(Path(stamps), root, digest, names))
+    if hashed:  # fingerprints taken before each hash, checked after (stamps.py)
+        seen = verify_files(root, {MANIFEST_FILE: digest, **{name: manifest.files[name].sha256 for name in paths}})
+        if stamps is not None:
+            stamp(Path(stamps), root, digest, seen)
     graph_data = _check_graph_data(root, manifest, mpath)
-    embeddings = _check_embeddings(root, manifest) if TEXT_EMBEDDINGS_FILE in manifest["files"] else None
+    clip = isinstance(manifest, ClipManifest)
+    embeddings = _check_embeddings(root, manifest) if clip and TEXT_EMBEDDINGS_FILE in manifest.files else None
     return Bundle(root, manifest, digest, graph_data, embeddings, hashed)
 
 
@@ -177,7 +199,8 @@ def _parse(raw: bytes, mpath: Path) -> dict:
     return manifest
 
 
-def _check_schema(manifest: dict, mpath: Path, kind: str) -> None:
+def _check_schema(manifest: dict, mpath: Path, kind: str) -> Manifest:
+    """The typed manifest of ``kind``; a one-line BundleError for another schema version, kind or any field."""
     version = manifest.get("schema_version")
     if version not in SUPPORTED_SCHEMAS or isinstance(version, bool):
         raise BundleError(
@@ -187,27 +210,10 @@ def _check_schema(manifest: dict, mpath: Path, kind: str) -> None:
     if have != kind:
         raise BundleError(f"{mpath.parent}: this is a {have!r} bundle, not a {kind!r} bundle; "
                           f"pass a {kind} bundle here")
-    problem = schema.validate(manifest, kind)
-    if problem:
-        raise BundleError(f"{mpath}: {problem}; re-export the bundle")
-    if kind == KIND_CLIP:
-        _check_clip_consistency(manifest, mpath)
-
-
-def _check_clip_consistency(manifest: dict, mpath: Path) -> None:
-    """The numbers that must agree with each other (the graph's are checked once loaded)."""
-    if MODEL_FILE not in manifest["files"]:
-        raise BundleError(f"{mpath}: 'files' must list {MODEL_FILE} with its sha256; re-export the bundle")
-    s, g = manifest["image_size"], manifest["grid_size"]
-    patch = (manifest["backbone"] or {}).get("patch_size")
-    if isinstance(patch, int) and not isinstance(patch, bool) and g * patch != s:
-        raise BundleError(f"{mpath}: grid {g} x patch {patch} is not the image size {s}; re-export the bundle")
-    k = len(manifest["classes"])
-    for name, spec in manifest["graph"]["outputs"].items():
-        dims = [d for d in spec["shape"] if isinstance(d, int)]
-        if name in OUTPUTS and "text_encoder" not in manifest and k not in dims:
-            raise BundleError(f"{mpath}: graph output {name} {spec['shape']} has no dimension of the "
-                              f"{k} classes listed; re-export the bundle")
+    try:
+        return parse(manifest, kind)
+    except ManifestError as e:
+        raise BundleError(f"{mpath}: {e}; re-export the bundle") from None
 
 
 def _inside(root: Path, resolved_root: Path, name: str, mpath: Path) -> Path:
@@ -222,10 +228,10 @@ def _inside(root: Path, resolved_root: Path, name: str, mpath: Path) -> Path:
     return full
 
 
-def _check_graph_data(root: Path, manifest: dict, mpath: Path) -> dict[str, tuple[str, ...]]:
+def _check_graph_data(root: Path, manifest: Manifest, mpath: Path) -> dict[str, tuple[str, ...]]:
     """Every external-data file of every listed graph (``*.onnx``) must be listed (and so digest-checked).
     Returns {graph: its external-data files}."""
-    listed = set(manifest["files"])
+    listed = set(manifest.files)
     graphs = sorted(name for name in listed if name.endswith(".onnx"))
     data: dict[str, tuple[str, ...]] = {}
     for graph in graphs:
@@ -254,43 +260,24 @@ def read_vectors(path: Path, ndim: int) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def _check_embeddings(root: Path, manifest: dict) -> np.ndarray:
+def _check_embeddings(root: Path, manifest: ClipManifest) -> np.ndarray:
     text = read_vectors(root / TEXT_EMBEDDINGS_FILE, 2)
-    k, d = len(manifest["classes"]), manifest.get("embed_dim", text.shape[1])
+    k, d = len(manifest.classes), manifest.embed_dim or text.shape[1]
     if text.shape != (k, d):
         raise BundleError(f"{root / TEXT_EMBEDDINGS_FILE}: shape {list(text.shape)}, but the manifest lists "
                           f"{k} classes of dimension {d}; re-export the bundle")
-    if REDUNDANCY_FILE in manifest["files"]:
+    if REDUNDANCY_FILE in manifest.files:
         r = read_vectors(root / REDUNDANCY_FILE, 1)
         if r.shape != (d,):
             raise BundleError(f"{root / REDUNDANCY_FILE}: shape {list(r.shape)}, expected [{d}]; re-export the bundle")
     return text
 
 
-_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)",
-              "int32": "tensor(int32)", "uint8": "tensor(uint8)"}
-
-
-def check_graph_io(bundle: Bundle, session) -> None:
-    """The session's inputs/outputs must be the manifest's: names, element types, fixed dims."""
-    graph = bundle.manifest["graph"]
-    where = bundle.path / MODEL_FILE
-    ins = {i.name: i for i in session.get_inputs()}
-    outs = {o.name: o for o in session.get_outputs()}
-    want_in = graph.get("inputs", {})
-    want_out = graph.get("outputs", {})
-    if set(ins) != set(want_in) or INPUT_IMAGE not in ins:
-        raise BundleError(f"{where}: graph inputs {sorted(ins)} differ from the manifest's {sorted(want_in)}")
-    if set(outs) != set(want_out) or not set(OUTPUTS) <= set(outs):
-        raise BundleError(f"{where}: graph outputs {sorted(outs)} differ from the manifest's {sorted(want_out)}")
-    for name, arg in {**ins, **outs}.items():
-        spec = (want_in.get(name) or want_out.get(name))
-        want_type = _ORT_TYPES.get(spec["dtype"], f"tensor({spec['dtype']})")
-        if arg.type != want_type:
-            raise BundleError(f"{where}: {name} is {arg.type}, the manifest says {spec['dtype']}")
-        shape = list(arg.shape)
-        if len(shape) != len(spec["shape"]):
-            raise BundleError(f"{where}: {name} has rank {len(shape)}, the manifest says {len(spec['shape'])}")
-        for got, want in zip(shape, spec["shape"]):
-            if isinstance(want, int) and isinstance(got, int) and got != want:
-                raise BundleError(f"{where}: {name} has shape {shape}, the manifest says {spec['shape']}")
+def stated_kind(path: str | Path) -> str:
+    """The kind a bundle's manifest says it is (KIND_CLIP when it cannot tell: ``load_bundle``, which
+    checks it again, then reports what is wrong). For commands that take either kind."""
+    try:
+        kind = json.loads((Path(path) / MANIFEST_FILE).read_text(encoding="utf-8")).get("kind", KIND_CLIP)
+    except (OSError, ValueError, AttributeError):
+        return KIND_CLIP
+    return kind if kind in (KIND_CLIP, KIND_MASK) else KIND_CLIP

@@ -78,7 +78,7 @@ def model_sha256(bundle, graph: str | None = None) -> str:
     from clipxai.contract import MODEL_FILE
     from clipxai.runtime.bundle import files_digest
     if graph is None:
-        return bundle.graph_digest if MODEL_FILE in bundle.manifest["files"] else bundle.digest
+        return bundle.graph_digest if MODEL_FILE in bundle.manifest.files else bundle.digest
     return files_digest(bundle.graph_files(graph))
 
 
@@ -148,18 +148,20 @@ def uses_tensorrt(providers) -> bool:
 
 
 def ort_trt_cache_dir(bundle, providers, trt_cache: str | None, trt_fp16: bool,
-                      device_id: int = 0, cache_dir: str | Path | None = None) -> str | None:
+                      device_id: int = 0, cache_dir: str | Path | None = None, graph: str | None = None,
+                      precision: str | None = None) -> str | None:
     """Engine cache folder for onnxruntime's TensorRT provider, or None when it is not used.
 
     trt_cache: None (default root, see module docstring), "off" (no cache: engines are
-    built at every start) or a folder to use as the root.
+    built at every start) or a folder to use as the root. graph: the bundle's graph file (default
+    the image graph); precision: that graph's (default the manifest's).
     """
     if trt_cache == "off" or not uses_tensorrt(providers):
         return None
     import onnxruntime as ort
     root = default_root(bundle, cache_dir) if trt_cache is None else Path(trt_cache)
-    key = current_key(bundle, f"ort{ort.__version__}", engine_precision(bundle.manifest["precision"], trt_fp16),
-                      device_id)
+    stored = precision or bundle.precision
+    key = current_key(bundle, f"ort{ort.__version__}", engine_precision(stored, trt_fp16), device_id, graph=graph)
     return str(key_dir(root, key))
 
 
@@ -171,7 +173,7 @@ def find_engine(bundle, precision: str, root: str | Path | None = None, device_i
     if not engine.is_file():
         raise ClipxaiError(f"no TensorRT engine for {key.gpu}, TensorRT {key.trt_version}, {precision} at {engine}; "
                            f"build it with: jetson/build_engine.sh {bundle.path}"
-                           + (" --precision fp16" if precision == "fp16" and bundle.manifest["precision"] == "fp32"
+                           + (" --precision fp16" if precision == "fp16" and bundle.precision == "fp32"
                               else ""))
     if not matches(d, key):
         raise ClipxaiError(f"{engine}: its {KEY_FILE} does not match this machine's key; it was built elsewhere "

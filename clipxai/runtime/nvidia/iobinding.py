@@ -6,7 +6,7 @@ input shape and refreshed in place), lets the outputs be allocated on the GPU,
 runs, and copies the outputs back: no hidden per-run host staging by
 onnxruntime, and the three phases can be timed apart (``run_timed``). Every
 other attribute is the wrapped session's, so the Predictor and
-``check_graph_io`` use it unchanged. CPU sessions are never wrapped (there is
+the IO check (backends/graph_io.py) use it unchanged. CPU sessions are never wrapped (there is
 nothing to copy).
 """
 

@@ -3,11 +3,11 @@
 ``TensorRTSession`` has the slice of onnxruntime's InferenceSession API the
 Predictor uses (``run``, ``get_inputs``, ``get_outputs``, ``get_providers``), so
 
-    Predictor.from_bundle(path, backend="tensorrt")            # engine of this machine's key
-    Predictor.from_bundle(path, backend="tensorrt", trt_fp16=True)   # fp16 engine of an fp32 bundle
+    Predictor.from_bundle(path, nvidia=NvidiaOptions(backend="tensorrt"))   # engine of this machine's key
+    Predictor.from_bundle(path, nvidia=NvidiaOptions(backend="tensorrt", trt_fp16=True))   # fp16, fp32 bundle
 
-returns the same ``Prediction`` objects as the onnxruntime path. It needs
-TensorRT's Python API (``tensorrt``; on Jetson the ``python3-libnvinfer``
+returns the same ``Prediction`` objects as the onnxruntime path (clipxai/runtime/backends/tensorrt.py
+opens it). It needs TensorRT's Python API (``tensorrt``; on Jetson the ``python3-libnvinfer``
 package) and cuda-python (``cuda.bindings.runtime`` or the older
 ``cuda.cudart``), imported only when this backend is used; without them it
 raises a ClipxaiError saying what to install.
@@ -196,7 +196,7 @@ def open_session(bundle, engine: str | Path | None = None, trt_fp16: bool = Fals
     import_tensorrt()  # a missing dependency is reported before anything else
     from clipxai.runtime.nvidia import engine_cache
     if engine is None:
-        precision = engine_cache.engine_precision(bundle.manifest["precision"], trt_fp16)
+        precision = engine_cache.engine_precision(bundle.precision, trt_fp16)
         engine = engine_cache.find_engine(bundle, precision, device_id=device_id)
     return TensorRTSession(engine, device_id)
 

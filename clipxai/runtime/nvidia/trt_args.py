@@ -1,6 +1,6 @@
 """Bundle manifest -> trtexec arguments (torch-free; used by jetson/build_engine.sh).
 
-    python -m clipxai.runtime.cli.trt_args BUNDLE [--precision fp16] [--max-batch 4] [--emit args]
+    python -m clipxai.cli.trt_args BUNDLE [--precision fp16] [--max-batch 4] [--emit args]
 
 Shapes come from the manifest (input ``image`` [batch, 3, S, S]; a dynamic batch
 gets a min/opt/max optimisation profile), the precision from the manifest
@@ -22,22 +22,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipxai.contract import INPUT_IMAGE, MODEL_FILE
+from clipxai.contract import INPUT_IMAGE, KIND_MASK, MODEL_FILE
 from clipxai.common.cache import FILE_MODE
 from clipxai.common.files import atomic_write_text, sha256_file
 from clipxai.errors import ClipxaiError
+from clipxai.manifest import ClipManifest, Manifest, MaskManifest
 from clipxai.runtime.nvidia import engine_cache
 from clipxai.runtime.onnx_wire import Node, read_nodes
-
-
-def _kind(bundle_path) -> str:
-    """The kind a bundle's manifest says (validated again when the bundle is loaded)."""
-    import json as _json
-    try:
-        kind = _json.loads((Path(bundle_path) / "manifest.json").read_text(encoding="utf-8")).get("kind", "clip")
-    except (OSError, ValueError, AttributeError):
-        return "clip"  # load_bundle reports what is wrong
-    return kind if kind in ("clip", "mask-model") else "clip"
 
 FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceL2", "ReduceSumSquare", "ReduceMin",
             "ReduceMax", "LpNormalization", "Pow", "Sqrt", "Div", "Sub")
@@ -84,9 +75,8 @@ class BuildPlan:
 DEFAULT_MAX_BATCH = 4
 
 
-def _batch_bounds(manifest: dict, min_batch: int | None, opt_batch: int | None,
+def _batch_bounds(shape: tuple, min_batch: int | None, opt_batch: int | None,
                   max_batch: int | None) -> tuple[int, int, int]:
-    shape = manifest["graph"]["inputs"][INPUT_IMAGE]["shape"]
     if isinstance(shape[0], int):  # a graph exported with a fixed batch
         asked = {b for b in (min_batch, opt_batch, max_batch) if b is not None}
         if asked - {shape[0]}:
@@ -100,7 +90,7 @@ def _batch_bounds(manifest: dict, min_batch: int | None, opt_batch: int | None,
     return lo, opt, hi
 
 
-def plan_from_manifest(manifest: dict, onnx_path: str | Path, precision: str | None = None,
+def plan_from_manifest(manifest: ClipManifest, onnx_path: str | Path, precision: str | None = None,
                        min_batch: int | None = None, opt_batch: int | None = None, max_batch: int | None = None,
                        fp32_layers: str = "auto", nodes: list[Node] | None = None) -> BuildPlan:
     """Map a manifest (and the graph's nodes) to a BuildPlan; ClipxaiError on anything unbuildable.
@@ -108,7 +98,7 @@ def plan_from_manifest(manifest: dict, onnx_path: str | Path, precision: str | N
     precision: None -> the manifest's; "fp16" may lower an fp32 bundle. fp32_layers: "auto"
     (nodes whose op type is in FP32_OPS), "none", or comma-separated layer names.
     """
-    bundle_precision = manifest.get("precision", "fp32")
+    bundle_precision = manifest.precision
     if bundle_precision not in engine_cache.ENGINE_PRECISIONS:
         raise ClipxaiError(f"bundle precision {bundle_precision!r} cannot be built into an engine "
                            f"(supported: {', '.join(engine_cache.ENGINE_PRECISIONS)})")
@@ -118,13 +108,13 @@ def plan_from_manifest(manifest: dict, onnx_path: str | Path, precision: str | N
     allowed = {"fp32": ("fp32", "fp16"), "fp16": ("fp16",), "int8": ("int8",)}[bundle_precision]
     if target not in allowed:
         raise ClipxaiError(f"a {bundle_precision} bundle builds {' or '.join(allowed)} engines, not {target}; "
-                           f"export a {target} bundle instead (clipxai-export --precision {target})")
-    s = int(manifest["image_size"])
-    shape = manifest["graph"]["inputs"][INPUT_IMAGE]["shape"]
-    if list(shape[1:]) != [3, s, s]:
+                           f"export a {target} bundle instead (clipxai export --precision {target})")
+    s = manifest.image_size
+    shape = list(manifest.graph.inputs[INPUT_IMAGE].shape)
+    if shape[1:] != [3, s, s]:
         raise ClipxaiError(f"manifest input {INPUT_IMAGE} has shape {shape}, expected [batch, 3, {s}, {s}]; "
                            "re-export the bundle")
-    lo, opt, hi = _batch_bounds(manifest, min_batch, opt_batch, max_batch)
+    lo, opt, hi = _batch_bounds(shape, min_batch, opt_batch, max_batch)
     if nodes is None and (target != "fp32" or fp32_layers == "auto"):
         nodes = read_nodes(onnx_path)
     if target == "int8" and not any(n.op_type in QDQ_OPS for n in nodes):
@@ -150,54 +140,73 @@ def plan_from_manifest(manifest: dict, onnx_path: str | Path, precision: str | N
 MASK_MAX_PROMPTS, MASK_OPT_PROMPTS, MASK_MAX_POINTS = 16, 5, 64
 
 
-def mask_plan(manifest: dict, folder: Path, graph: str, precision: str | None = None, fp32_layers: str = "auto",
+def mask_plan(manifest: MaskManifest, folder: Path, graph: str, precision: str | None = None, fp32_layers: str = "auto",
               max_batch: int | None = None) -> BuildPlan:
     """A mask-model bundle's encoder or decoder -> a BuildPlan: the encoder's shapes are fixed; the
     decoder takes 1..max_batch prompt sets (default 16, tuned for 5) of 1..64 points."""
-    spec = manifest["graphs"].get(graph)
+    graphs = manifest.graphs.named()
+    spec = graphs.get(graph)
     if spec is None:
-        raise ClipxaiError(f"a mask-model bundle has the graphs {', '.join(manifest['graphs'])}; --graph {graph!r} "
+        raise ClipxaiError(f"a mask-model bundle has the graphs {', '.join(graphs)}; --graph {graph!r} "
                            "is not one of them")
-    target = precision or manifest.get("precision", "fp32")
+    target = precision or manifest.precision
     if target == "int8":
         raise ClipxaiError("TensorRT builds only explicitly quantized int8 graphs; build an fp16 engine instead")
     hi = max_batch or MASK_MAX_PROMPTS
     inputs = []
-    for name, io in spec["inputs"].items():
-        dims = io["shape"]
+    for name, io in spec.inputs.items():
+        dims = io.shape
         lo_shape = tuple(1 if isinstance(d, str) else d for d in dims)
         opt_shape = tuple(min(MASK_OPT_PROMPTS, hi) if d == "prompts" else MASK_OPT_PROMPTS if d == "points"
                           else 1 if isinstance(d, str) else d for d in dims)
         hi_shape = tuple(hi if d == "prompts" else MASK_MAX_POINTS if d == "points"
                          else 1 if isinstance(d, str) else d for d in dims)
         inputs.append((name, lo_shape, opt_shape, hi_shape))
-    path = folder / spec["file"]
+    path = folder / spec.file
     nodes = read_nodes(path) if target != "fp32" and fp32_layers == "auto" else []
     pinned = tuple(n.name for n in nodes if n.op_type in FP32_OPS and n.name) if target != "fp32" else ()
-    return BuildPlan(path, target, int(manifest["image_size"]), 1, 1, 1, pinned, tuple(inputs))
+    return BuildPlan(path, target, manifest.image_size, 1, 1, 1, pinned, tuple(inputs))
 
 
-def graphs_of(manifest: dict) -> list[str]:
+def graphs_of(manifest: Manifest) -> list[str]:
     """The graphs build_engine.sh builds: "model" for a CLIP bundle, "encoder decoder" for a mask model."""
-    return list(manifest["graphs"]) if manifest.get("kind") == "mask-model" else ["model"]
+    return list(manifest.graphs.named()) if isinstance(manifest, MaskManifest) else ["model"]
 
 
-def emit(bundle_path: str | Path, what: str, precision: str | None = None, min_batch: int | None = None,
-         opt_batch: int | None = None, max_batch: int | None = None, fp32_layers: str = "auto",
-         engine_root: str | Path | None = None, trt_version: str | None = None,
-         gpu_label: str | None = None, graph: str | None = None) -> str:
+@dataclass(frozen=True)
+class EngineRequest:
+    """What ``build_engine.sh`` wants built: precision (None: the bundle's), batch range, the layers kept
+    in fp32 ("auto", "none" or names), the engine folder root (None: the default), overrides of the
+    detected TensorRT version and GPU label (cross-checks only), and the graph ("encoder" or "decoder"
+    of a mask-model bundle; a CLIP bundle has one, "model")."""
+
+    precision: str | None = None
+    min_batch: int | None = None
+    opt_batch: int | None = None
+    max_batch: int | None = None
+    fp32_layers: str = "auto"
+    engine_root: str | Path | None = None
+    trt_version: str | None = None
+    gpu_label: str | None = None
+    graph: str | None = None
+
+
+def emit(bundle_path: str | Path, what: str, request: EngineRequest = EngineRequest()) -> str:
     """What ``build_engine.sh`` asks for, as text. what: "graphs" (the graphs to build), "args"
     (trtexec arguments, one a line), "engine-dir" (create and name the key's folder), "record"
-    (write engine.json, with the engine's sha256, after a successful build; name the engine).
-    graph: a mask-model bundle's "encoder" or "decoder" (a CLIP bundle has one graph, "model")."""
-    from clipxai.runtime.bundle import load_bundle
-    b = load_bundle(bundle_path, kind=_kind(bundle_path))
+    (write engine.json, with the engine's sha256, after a successful build; name the engine)."""
+    r = request
+    precision, min_batch, opt_batch, max_batch = r.precision, r.min_batch, r.opt_batch, r.max_batch
+    fp32_layers, engine_root, trt_version, gpu_label, graph = (r.fp32_layers, r.engine_root, r.trt_version,
+                                                                r.gpu_label, r.graph)
+    from clipxai.runtime.bundle import load_bundle, stated_kind
+    b = load_bundle(bundle_path, kind=stated_kind(bundle_path))
     if what == "graphs":
         return " ".join(graphs_of(b.manifest))
     graph = graph or graphs_of(b.manifest)[0]
-    if b.kind == "mask-model":
+    if b.kind == KIND_MASK:
         plan = mask_plan(b.manifest, b.path, graph, precision, fp32_layers, max_batch)
-        graph_file = b.manifest["graphs"][graph]["file"]
+        graph_file = b.manifest.graphs.named()[graph].file
     elif graph != "model":
         raise ClipxaiError(f"a CLIP bundle has one graph, 'model'; --graph {graph!r} is not it")
     else:

@@ -28,10 +28,11 @@ from clipxai.contract import (
     MASK_LOW_RES, MASK_POINT_COORDS, MASK_POINT_LABELS,
 )
 from clipxai.errors import ClipxaiError
+from clipxai.manifest import MaskManifest
+from clipxai.runtime.backends import ProviderSpec, RuntimeOptions, open_graph, runtime_options
 from clipxai.runtime.bundle import Bundle, load_bundle
 from clipxai.runtime.postprocess import resize_bilinear
 from clipxai.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageInput, open_image
-from clipxai.runtime.providers import ProviderSpec, SessionOptions, create_session
 from clipxai.runtime.sam.preprocess import INPUT_SIZE, image_input, point_input
 
 log = logging.getLogger("clipxai")
@@ -76,8 +77,10 @@ class MaskPredictor:
 
     def __init__(self, bundle: Bundle, encoder, decoder, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.bundle, self.encoder, self.decoder = bundle, encoder, decoder
-        self.family = bundle.manifest["family"]
-        self.preprocess = bundle.manifest["preprocess"]
+        self.manifest: MaskManifest = bundle.manifest
+        self.family = self.manifest.family
+        self.preprocess = self.manifest.preprocess
+        self.mask_threshold = self.manifest.decoding.mask_threshold
         self.max_pixels = max_pixels
         self._features: dict[str, np.ndarray] | None = None
         self.size: tuple[int, int] | None = None          # (H, W) of the image set
@@ -85,19 +88,22 @@ class MaskPredictor:
 
     @classmethod
     def from_bundle(cls, path: str | Path, providers: ProviderSpec = "auto", threads: int | None = None,
-                    digest: str | None = None, stamps: str | Path | None = None) -> "MaskPredictor":
-        """Check a mask-model bundle (schema, digests, kind) and open its two graphs. A CLIP bundle here
-        is a one-line error. providers, threads, stamps: as ``Predictor.from_bundle``."""
+                    digest: str | None = None, stamps: str | Path | None = None, *,
+                    options: RuntimeOptions | None = None, **settings) -> "MaskPredictor":
+        """Check a mask-model bundle (schema, digests, kind) and open its two graphs (IO checked against
+        the manifest). A CLIP bundle here is a one-line error. options (or providers, threads, nvidia,
+        graph_cache, cache_dir as keywords), digest, stamps: as ``Predictor.from_bundle``. On the CPU
+        each graph has its own graph cache entry; the native TensorRT backend runs CLIP image graphs only."""
+        options = runtime_options(options, providers=providers, threads=threads, **settings)
         bundle = load_bundle(path, expect_digest=digest, kind=KIND_MASK, stamps=stamps)
-        options = SessionOptions(threads=threads)
-        encoder = create_session(bundle.path / MASK_ENCODER_FILE, providers, options)
-        decoder = create_session(bundle.path / MASK_DECODER_FILE, providers, options)
-        log.info("loaded %s: %s on %s", bundle.path, bundle.manifest["model"], encoder.get_providers()[0])
+        encoder = open_graph(bundle, MASK_ENCODER_FILE, options)
+        decoder = open_graph(bundle, MASK_DECODER_FILE, options)
+        log.info("loaded %s: %s on %s", bundle.path, bundle.manifest.model, encoder.get_providers()[0])
         return cls(bundle, encoder, decoder)
 
     @property
     def model(self) -> str:
-        return self.bundle.manifest["model"]
+        return self.manifest.model
 
     def set_image(self, image: ImageInput) -> None:
         """Encode an image (a path, a PIL image or an HxWx3 uint8 RGB array) for the prompts that follow."""
@@ -124,7 +130,7 @@ class MaskPredictor:
             raise ClipxaiError(f"point_coords must be [B, N, 2] and point_labels [B, N]; got {list(coords.shape)} "
                                f"and {list(labels.shape)}")
         b = coords.shape[0]
-        c = point_input(coords, self.size, self.input_size, self.preprocess["resize"])
+        c = point_input(coords, self.size, self.input_size, self.preprocess.resize)
         c = np.concatenate([c, np.zeros((b, 1, 2), np.float32)], axis=1)
         lab = np.concatenate([labels, -np.ones((b, 1), np.float32)], axis=1)
         low, iou = self.decoder.run([MASK_LOW_RES, MASK_IOU],
@@ -133,7 +139,7 @@ class MaskPredictor:
 
     def upscale(self, low_res: np.ndarray) -> np.ndarray:
         """Low-res logits [..., 256, 256] -> logits [..., H, W] at the original size (module docstring)."""
-        if self.preprocess["resize"] == "longest-side":
+        if self.preprocess.resize == "longest-side":
             big = resize_bilinear(low_res, INPUT_SIZE, INPUT_SIZE)
             h, w = self.input_size
             return resize_bilinear(np.ascontiguousarray(big[..., :h, :w]), *self.size)
@@ -160,7 +166,7 @@ class MaskPredictor:
         logits = self.upscale(low)
         if self.family == "sam2":
             low = np.clip(low, -32.0, 32.0)
-        masks = logits if return_logits else logits > self.bundle.manifest["decoding"]["mask_threshold"]
+        masks = logits if return_logits else logits > self.mask_threshold
         return masks, iou.astype(np.float32), low.astype(np.float32)
 
     def predict(self, point_coords: np.ndarray, point_labels: np.ndarray, multimask_output: bool = True,
@@ -198,7 +204,7 @@ class MaskPredictor:
             low, iou = self.choose(*self.decode(coords, labels), True)
             for i, name in enumerate(group):
                 best = int(np.argmax(iou[i]))
-                mask = self.upscale(low[i, best]) > self.bundle.manifest["decoding"]["mask_threshold"]
+                mask = self.upscale(low[i, best]) > self.mask_threshold
                 out[name] = ObjectMask(mask, float(iou[i, best]), bbox(mask), int(mask.sum()), prompts[name][0],
                                        prompts[name][1], best + 1)
         return out

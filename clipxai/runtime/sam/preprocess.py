@@ -19,7 +19,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-INPUT_SIZE = 1024
+from clipxai.contract import MASK_IMAGE_SIZE
+from clipxai.manifest import MaskPreprocess
+
+INPUT_SIZE = MASK_IMAGE_SIZE
 
 
 def longest_side_shape(height: int, width: int, size: int = INPUT_SIZE) -> tuple[int, int]:
@@ -28,18 +31,19 @@ def longest_side_shape(height: int, width: int, size: int = INPUT_SIZE) -> tuple
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
-def image_input(image: Image.Image, preprocess: dict) -> tuple[np.ndarray, tuple[int, int]]:
-    """An RGB PIL image -> (float32 [1, 3, 1024, 1024], (h, w) of the resized image inside it)."""
-    mean = np.asarray(preprocess["mean"], np.float32)
-    std = np.asarray(preprocess["std"], np.float32)
+def image_input(image: Image.Image, preprocess: MaskPreprocess) -> tuple[np.ndarray, tuple[int, int]]:
+    """An RGB PIL image -> (float32 [1, 3, 1024, 1024], (h, w) of the resized image inside it).
+    preprocess: the manifest's (checked at load: known resize, finite mean, positive std and scale)."""
+    mean = np.asarray(preprocess.mean, np.float32)
+    std = np.asarray(preprocess.std, np.float32)
     out = np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), np.float32)
-    if preprocess["resize"] == "longest-side":
+    if preprocess.resize == "longest-side":
         h, w = longest_side_shape(image.height, image.width)
         resized = image if (w, h) == image.size else image.resize((w, h), Image.BILINEAR)
-        a = np.asarray(resized, np.float32) * np.float32(preprocess["scale"])
+        a = np.asarray(resized, np.float32) * np.float32(preprocess.scale)
         out[0, :, :h, :w] = ((a - mean) / std).transpose(2, 0, 1)
         return out, (h, w)
-    a = np.asarray(image, np.float32) * np.float32(preprocess["scale"])
+    a = np.asarray(image, np.float32) * np.float32(preprocess.scale)
     for c in range(3):
         channel = Image.fromarray(np.ascontiguousarray(a[..., c]), "F")
         if channel.size != (INPUT_SIZE, INPUT_SIZE):
