@@ -8,14 +8,14 @@ on both sides. Every figure comes from its own process (one session or model per
 PyTorch predictor's ``set_image``, clipxai's ``MaskPredictor.set_image`` with the fp32 and the int8
 encoder, the decoder for 5 classes' point prompts (``masks_for`` a clipxai Prediction), and text ->
 masks end to end (a CLIP ViT-B/16 bundle at 448 + the mask bundle: predict, set_image, masks_for).
-Rounds alternate the rows; ratios are taken within a round. Peak RSS is each process's own.
+Rounds alternate the rows; ratios are taken within a round (scripts/harness.py). Peak RSS is each
+process's own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
 import subprocess
@@ -24,34 +24,31 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import alternate, median_of, ratios, run_json
+
 ROOT = Path(__file__).resolve().parent.parent
 ROCKET = str(ROOT / "examples" / "rocket.jpg")
 CLASSES = "rocket,sky,smoke,tree,ground"
 
 WORKER = r"""
-import json, resource, statistics, sys, time
+import json, sys
 import numpy as np
 from PIL import Image
+from harness import median_ms, peak_rss_mb
 kind, bundle, clip, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 img = np.asarray(Image.open(sys.argv[5]).convert("RGB"))
 
 def median(fn):
-    fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter(); fn(); times.append(1000 * (time.perf_counter() - t))
-    return statistics.median(times)
+    return median_ms(fn, runs, warmup=1)
 
 out = {}
 if kind == "torch":
     import torch
     torch.set_num_threads(2)
-    sys.path.insert(0, sys.argv[6])
-    from tiny_sam import save_checkpoint  # noqa: F401  (registers nothing needed here)
     from clipxai.mask_models import resolve_mask_model
     from clipxai.models.sam import load_mask_model
     m = json.load(open(bundle + "/manifest.json"))
-    model = load_mask_model(resolve_mask_model(m["model"]), sys.argv[7])
+    model = load_mask_model(resolve_mask_model(m["model"]), sys.argv[6])
     if m["family"] == "sam":
         from segment_anything import SamPredictor
         p = SamPredictor(model)
@@ -74,17 +71,14 @@ else:
             sam.set_image(img)
             sam.masks_for(q)
         out["text_to_masks_ms"] = median(end_to_end)
-out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["peak_rss_mb"] = peak_rss_mb()
 print(json.dumps(out))
 """
 
 
 def worker(kind, bundle, clip, a, checkpoint=""):
-    r = subprocess.run([sys.executable, "-c", WORKER, kind, str(bundle), str(clip), str(a.runs), ROCKET,
-                        str(ROOT / "tests"), str(checkpoint)], capture_output=True, text=True)
-    if r.returncode:
-        sys.exit(f"{kind} worker failed:\n{r.stderr}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_json([sys.executable, "-c", WORKER, kind, str(bundle), str(clip), str(a.runs), ROCKET,
+                     str(checkpoint)], kind)
 
 
 def main():
@@ -93,10 +87,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_sam import save_checkpoint
-
     from clipxai.mask_models import resolve_mask_model
+    from clipxai.models.sam import save_random_checkpoint
     work = Path(tempfile.mkdtemp(prefix="clipxai-sam-bench-"))
     rows = []
     try:
@@ -108,7 +100,7 @@ def main():
         for name in a.models:
             row = resolve_mask_model(name)
             ckpt = work / row.checkpoint
-            save_checkpoint(row, ckpt, seed=3)
+            save_random_checkpoint(row, ckpt, seed=3)
             bundles, export_s = {}, {}
             for prec in ("fp32", "int8"):
                 print(f"exporting {name} {prec} ...", file=sys.stderr)
@@ -118,18 +110,15 @@ def main():
                                 str(ckpt), "--output", str(bundles[prec]), "--precision", prec, "--force"],
                                check=True, stdout=subprocess.DEVNULL)
                 export_s[prec] = time.perf_counter() - t
-            rounds = []
-            for r in range(a.rounds):
-                print(f"round {r + 1}/{a.rounds}: {name} ...", file=sys.stderr)
-                rounds.append({"torch": worker("torch", bundles["fp32"], clip, a, ckpt),
-                               "fp32": worker("clipxai+decoder", bundles["fp32"], clip, a),
-                               "int8": worker("clipxai+decoder", bundles["int8"], clip, a)})
+            rounds = alternate({"torch": lambda: worker("torch", bundles["fp32"], clip, a, ckpt),
+                                "fp32": lambda: worker("clipxai+decoder", bundles["fp32"], clip, a),
+                                "int8": lambda: worker("clipxai+decoder", bundles["int8"], clip, a)},
+                               a.rounds, name)
             fid = json.loads((bundles["int8"] / "manifest.json").read_text())["fidelity"]
             rows.append((name, rounds, fid, export_s))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    med = lambda rounds, who, key: statistics.median(r[who][key] for r in rounds)  # noqa: E731
-    ratio = lambda rounds, a_, b_: statistics.median(r[a_]["encoder_ms"] / r[b_]["encoder_ms"] for r in rounds)  # noqa: E731
+    ratio = lambda rounds, a_, b_: statistics.median(ratios(rounds, a_, b_, "encoder_ms"))  # noqa: E731
     print(f"\nrandom weights, {ROCKET.split('/')[-1]} (640x427), 2 threads, median of {a.runs} runs per process, "
           f"{a.rounds} alternated rounds\n")
     print("| model | PyTorch predictor set_image ms | clipxai fp32 encoder ms (vs PyTorch) | clipxai int8 encoder ms "
@@ -137,18 +126,17 @@ def main():
           "text -> masks ms (CLIP ViT-B/16 448 + model, fp32 / int8) | peak RSS MB (PyTorch / fp32 / int8) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, rounds, fid, _ in rows:
-        enc = med(rounds, "fp32", "encoder_ms")
-        dec = med(rounds, "fp32", "decoder_ms")
-        print(f"| {name} | {med(rounds, 'torch', 'encoder_ms'):.0f} | {enc:.0f} "
-              f"(**{ratio(rounds, 'torch', 'fp32'):.2f}×**) | {med(rounds, 'int8', 'encoder_ms'):.0f} "
+        enc = median_of(rounds, "fp32", "encoder_ms")
+        dec = median_of(rounds, "fp32", "decoder_ms")
+        print(f"| {name} | {median_of(rounds, 'torch', 'encoder_ms'):.0f} | {enc:.0f} "
+              f"(**{ratio(rounds, 'torch', 'fp32'):.2f}×**) | {median_of(rounds, 'int8', 'encoder_ms'):.0f} "
               f"(**{ratio(rounds, 'fp32', 'int8'):.2f}×**) | {fid['mean_iou']:.3f} ({'passes' if fid['passed'] else 'FAILS'}) | "
-              f"{dec:.0f} ({100 * dec / enc:.1f}%) | {med(rounds, 'fp32', 'text_to_masks_ms'):.0f} / "
-              f"{med(rounds, 'int8', 'text_to_masks_ms'):.0f} | {med(rounds, 'torch', 'peak_rss_mb'):.0f} / "
-              f"{med(rounds, 'fp32', 'peak_rss_mb'):.0f} / {med(rounds, 'int8', 'peak_rss_mb'):.0f} |")
+              f"{dec:.0f} ({100 * dec / enc:.1f}%) | {median_of(rounds, 'fp32', 'text_to_masks_ms'):.0f} / "
+              f"{median_of(rounds, 'int8', 'text_to_masks_ms'):.0f} | {median_of(rounds, 'torch', 'peak_rss_mb'):.0f} / "
+              f"{median_of(rounds, 'fp32', 'peak_rss_mb'):.0f} / {median_of(rounds, 'int8', 'peak_rss_mb'):.0f} |")
     for name, _, _, export_s in rows:
         print(f"\nexport {name}: fp32 {export_s['fp32']:.0f} s, int8 {export_s['int8']:.0f} s")
 
 
 if __name__ == "__main__":
-    _ = resource
     main()

@@ -2,7 +2,7 @@
 
 They run where an NVIDIA GPU and onnxruntime-gpu are present, TensorRT tests where TensorRT
 (Python API, plus cuda-python for the native backend) is installed too, and skip otherwise.
-Every figure is checked against the independent PyTorch reference (tests/reference.py) on the CPU.
+Every figure is checked against the independent PyTorch reference (clipxai/models/reference.py) on the CPU.
 
 NOT RUN YET: no GPU was available when they were written (see jetson/README.md).
 """
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipxai.runtime import Predictor, load_bundle
+from clipxai.runtime import NvidiaOptions, Predictor, load_bundle
 from clipxai.runtime.nvidia import engine_cache
 from test_runtime import CLASSES, ROCKET, reference_prediction
 from tiny import TINY
@@ -110,7 +110,7 @@ def test_cuda_fp32_parity(tiny_bundle, reference):
 @needs_trt_ep
 def test_tensorrt_provider_parity_and_engine_cache(tiny_bundle, reference, tmp_path):
     cache = tmp_path / "cache"
-    p = Predictor.from_bundle(tiny_bundle, providers="tensorrt", trt_cache_dir=str(cache))
+    p = Predictor.from_bundle(tiny_bundle, providers="tensorrt", nvidia=NvidiaOptions(trt_cache_dir=str(cache)))
     assert p.provider == TRT
     pred = p.predict(ROCKET)
     assert np.abs(pred.heatmaps - reference[2]).max() <= 1e-3
@@ -118,12 +118,13 @@ def test_tensorrt_provider_parity_and_engine_cache(tiny_bundle, reference, tmp_p
     engines = sorted(key_dir.glob("*.engine"))
     assert engines, f"onnxruntime wrote no engine into {key_dir}"
     stamps = [e.stat().st_mtime_ns for e in engines]
-    p2 = Predictor.from_bundle(tiny_bundle, providers="tensorrt", trt_cache_dir=str(cache))
+    p2 = Predictor.from_bundle(tiny_bundle, providers="tensorrt", nvidia=NvidiaOptions(trt_cache_dir=str(cache)))
     assert np.abs(p2.predict(ROCKET).heatmaps - pred.heatmaps).max() <= 1e-5
     assert [e.stat().st_mtime_ns for e in engines] == stamps  # reused, not rebuilt
     # a foreign key.json (engine from another TensorRT): the folder is emptied and rebuilt
     (key_dir / "key.json").write_text('{"trt_version": "0.0.0"}')
-    Predictor.from_bundle(tiny_bundle, providers="tensorrt", trt_cache_dir=str(cache)).predict(ROCKET)
+    on_trt = NvidiaOptions(trt_cache_dir=str(cache))
+    Predictor.from_bundle(tiny_bundle, providers="tensorrt", nvidia=on_trt).predict(ROCKET)
     key = engine_cache.EngineKey(**json.loads((key_dir / "key.json").read_text()))
     assert key.trt_version != "0.0.0" and engine_cache.matches(key_dir, key) and list(key_dir.glob("*.engine"))
 
@@ -132,7 +133,7 @@ def test_tensorrt_provider_parity_and_engine_cache(tiny_bundle, reference, tmp_p
 def test_native_tensorrt_parity(tiny_bundle, reference, tmp_path):
     bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
     native_engine(bundle, "fp32", max_batch=2)
-    p = Predictor.from_bundle(bundle, backend="tensorrt")
+    p = Predictor.from_bundle(bundle, nvidia=NvidiaOptions(backend="tensorrt"))
     assert p.provider == "TensorRT (native engine)"
     pred = p.predict(ROCKET)
     sim, scores, maps = reference
@@ -154,13 +155,14 @@ def test_fp16_fidelity(path, tiny_bundle, reference, tmp_path):
     if path == "onnxruntime-tensorrt":
         if not _has_trt_ep():
             pytest.skip("onnxruntime has no usable TensorRT provider")
-        p = Predictor.from_bundle(tiny_bundle, providers="tensorrt", trt_fp16=True, trt_cache_dir=str(tmp_path))
+        p = Predictor.from_bundle(tiny_bundle, providers="tensorrt",
+                                  nvidia=NvidiaOptions(trt_fp16=True, trt_cache_dir=str(tmp_path)))
     elif path == "native-tensorrt":
         if not _has_native_trt():
             pytest.skip("no TensorRT Python API + cuda-python + GPU")
         bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
         native_engine(bundle, "fp16")
-        p = Predictor.from_bundle(bundle, backend="tensorrt", trt_fp16=True)
+        p = Predictor.from_bundle(bundle, nvidia=NvidiaOptions(backend="tensorrt", trt_fp16=True))
     else:
         from clipxai.contract import PRECISIONS
         from clipxai.export.pipeline import ExportConfig, export_bundle
@@ -200,9 +202,9 @@ def test_latency_table(tmp_path):
             fp16 = precision == "fp16"
             if backend == "tensorrt":
                 native_engine(bundle, precision)
-                p = Predictor.from_bundle(bundle, backend="tensorrt", trt_fp16=fp16)
+                p = Predictor.from_bundle(bundle, nvidia=NvidiaOptions(backend="tensorrt", trt_fp16=fp16))
             else:
-                p = Predictor.from_bundle(bundle, providers="tensorrt", trt_fp16=fp16)
+                p = Predictor.from_bundle(bundle, providers="tensorrt", nvidia=NvidiaOptions(trt_fp16=fp16))
             rows = benchmark(p, ROCKET, (1, 4), runs=30, warmup=5)
             assert all(r["h2d_ms"] is not None and r["d2h_ms"] is not None and r["compute_ms"] > 0 for r in rows)
             meta = {"device": describe_device(p), "power_mode": os.environ.get("CLIPXAI_POWER_MODE", "n/a"),

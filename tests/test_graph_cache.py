@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from clipxai.common.files import sha256_file
 from clipxai.runtime import Predictor, load_bundle
 from clipxai.runtime.cpu import graph_cache as gc
 from tiny import TINY
@@ -160,11 +161,12 @@ def test_a_copied_cache_is_hashed_once_then_trusted(bundle, tmp_path, monkeypatc
     Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root))
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)  # new inodes: the fingerprints differ, the bytes do not
-    hashed = []
-    real = gc.sha256_file
-    monkeypatch.setattr(gc, "sha256_file", lambda p: hashed.append(p) or real(p))
-    assert gc.lookup(copy, _key(bundle)) is not None and len(hashed) == 2
-    assert gc.lookup(copy, _key(bundle)) is not None and len(hashed) == 2  # fingerprints refreshed
+    hashed, key = [], _key(bundle)
+    from clipxai.common import files
+    real = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda p: hashed.append(p) or real(p))
+    assert gc.lookup(copy, key) is not None and len(hashed) == 2
+    assert gc.lookup(copy, key) is not None and len(hashed) == 2  # fingerprints refreshed
 
 
 def test_garbled_graph_of_the_right_fingerprint_is_refused_by_onnxruntime(bundle, tmp_path, caplog):
@@ -175,7 +177,7 @@ def test_garbled_graph_of_the_right_fingerprint_is_refused_by_onnxruntime(bundle
     done = json.loads((entry / gc.DONE_FILE).read_text())
     graph = entry / gc.GRAPH_FILE
     graph.write_bytes(b"\x00" * graph.stat().st_size)
-    done["files"][gc.GRAPH_FILE] = {"sha256": gc.sha256_file(graph), "stat": gc.stat_fingerprint(graph)}
+    done["files"][gc.GRAPH_FILE] = {"sha256": sha256_file(graph), "stat": gc.stat_fingerprint(graph)}
     (entry / gc.DONE_FILE).write_text(json.dumps(done))  # a record forged to match (only this user can)
     caplog.set_level(logging.WARNING, logger="clipxai")
     p = Predictor.from_bundle(bundle, providers="cpu", cache_dir=str(root)).predict(_image())
@@ -349,11 +351,11 @@ def test_mode_words_and_a_bad_mode(bundle, monkeypatch):
 
 def test_warm_and_clear_commands(bundle, tmp_path):
     from click.testing import CliRunner
-    from clipxai.runtime.cli.cache import main
+    from clipxai.cli.cache import main
     root = tmp_path / "cache"
     r = CliRunner().invoke(main, ["warm", str(bundle), "--cache-dir", str(root)])
     assert r.exit_code == 0, r.output
-    assert r.output.startswith("graph cache ready: ") and len(_entries(root)) == 1
+    assert r.output.startswith("model.onnx: graph cache ready: ") and len(_entries(root)) == 1
     assert "7 attention blocks fused" in r.output  # tests/tiny.py: 4 plain q-k blocks + 3 v-v
     r = CliRunner().invoke(main, ["warm", str(tmp_path / "nope"), "--cache-dir", str(root)])
     assert r.exit_code == 2

@@ -118,5 +118,5 @@ def test_an_older_single_file_bundle_is_cached_unfused(bundle, tmp_path):
     single = tmp_path / "single.onnx"
     onnx.save(onnx.load(str(bundle / "model.onnx")), str(single))
     from clipxai.common.files import sha256_file
-    entry = gc.build(single, {"model.onnx": sha256_file(single)}, tmp_path / "cache")
+    entry = gc.build(single, {single.name: sha256_file(single)}, tmp_path / "cache")
     assert json.loads((entry / gc.DONE_FILE).read_text())["attention_fused"] == 0

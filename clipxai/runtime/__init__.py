@@ -6,9 +6,9 @@
     pred.heatmaps      # float32 [K, H, W] in [0, 1] at the original size
 """
 
+from clipxai.runtime.backends import NvidiaOptions, RuntimeOptions
 from clipxai.runtime.bundle import Bundle, load_bundle
 from clipxai.runtime.prediction import Prediction
 from clipxai.runtime.predictor import Predictor
-from clipxai.runtime.sessions import NvidiaOptions
 
-__all__ = ["Bundle", "NvidiaOptions", "Prediction", "Predictor", "load_bundle"]
+__all__ = ["Bundle", "NvidiaOptions", "Prediction", "Predictor", "RuntimeOptions", "load_bundle"]

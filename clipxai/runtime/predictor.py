@@ -14,47 +14,54 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from clipxai.common.cache import cache_root
-from clipxai.contract import INPUT_IMAGE, OUTPUT_EMBEDDING, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
+from clipxai.contract import (
+    INPUT_IMAGE, MODEL_FILE, OUTPUT_EMBEDDING, OUTPUT_LABELS, OUTPUTS,
+)
 from clipxai.errors import ClipxaiError
-from clipxai.runtime.bundle import Bundle, check_graph_io, load_bundle
+from clipxai.runtime.backends import ProviderSpec, RuntimeOptions, open_graph, runtime_options, text_options
+from clipxai.runtime.bundle import Bundle, load_bundle
 from clipxai.runtime.postprocess import SegmentOptions
 from clipxai.runtime.prediction import Prediction
 from clipxai.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageInput, open_image, preprocess
-from clipxai.runtime.providers import ProviderSpec
-from clipxai.runtime.sessions import NvidiaOptions, open_session
 from clipxai.runtime.sliding import slide_prediction
 from clipxai.runtime.text.encoder import (
-    TextEncoder, build_vocabulary, initial_vocabulary, require_text_encoder, text_providers, vocabulary_feeds,
+    TextEncoder, build_vocabulary, initial_vocabulary, require_text_encoder, vocabulary_feeds,
 )
 
 log = logging.getLogger("clipxai")
 
 
 class Predictor:
-    """Runs a bundle's graph with onnxruntime. Create with ``Predictor.from_bundle``."""
+    """Runs a bundle's graph with onnxruntime. Create with ``Predictor.from_bundle``.
+
+    The interface the frame and window loops build on (video/stream.py, sliding.py): ``preprocess``
+    (an image -> the graph's input [3, S, S]), ``outputs`` (inputs [B, 3, S, S] -> named outputs),
+    ``prediction`` (one image's arrays -> a Prediction with this predictor's classes and
+    segmentation settings) and ``run_graph`` (the two together). Segmentation settings live in
+    one place, ``segment_options``, set by ``set_segmentation``.
+    """
 
     def __init__(self, bundle: Bundle, session, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 background_threshold: float | None = None):
+                 background_threshold: float | None = None, options: RuntimeOptions = RuntimeOptions()):
         self.bundle = bundle
         self.session = session
+        self.options = options  # how the graphs open: the text graphs follow the image session's device
         self.max_pixels = max_pixels
-        self.background_threshold = background_threshold
-        self.segment_options = SegmentOptions()
-        self._outputs = [OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS]
+        self.segment_options = SegmentOptions(background_threshold=background_threshold)
         self._buffer = np.empty((0, 3, bundle.image_size, bundle.image_size), np.float32)
         self._text_encoder = None
         self._word_explainer = None
         self.vocabulary = initial_vocabulary(bundle)  # None: the vocabulary is baked into the graph
-        self.cache_dir: str | Path | None = None  # root of the caches (text encodings)
+        self.cache_dir: str | Path | None = options.cache_dir  # root of the caches (text encodings)
 
     @classmethod
     def from_bundle(cls, path: str | Path, providers: ProviderSpec = "auto", threads: int | None = None, *,
-                    nvidia: NvidiaOptions | None = None, graph_cache: bool | str = True,
-                    cache_dir: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    options: RuntimeOptions | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                     background_threshold: float | None = None, digest: str | None = None,
-                    stamps: str | Path | None = None) -> "Predictor":
-        """Check the bundle (schema, digests, paths, graph IO), then open a session.
+                    stamps: str | Path | None = None, **settings) -> "Predictor":
+        """Check the bundle (schema, digests, paths), then open its image graph (IO checked).
 
+        options: how graphs open (``RuntimeOptions``), or its fields as keywords:
         providers: "auto" (TensorRT > CUDA > CPU, logged), "cpu", "cuda", "tensorrt",
         or an onnxruntime provider list. threads: intra-op threads.
         nvidia: GPU settings (``NvidiaOptions``: native TensorRT backend, fp16 engines,
@@ -63,21 +70,18 @@ class Predictor:
         $CLIPXAI_GRAPH_CACHE, else "background", filled by a detached low-priority process),
         "sync" (filled while loading), False/"off". cache_dir: root of clipxai's caches.
         max_pixels: larger images are refused. background_threshold: see ``Prediction.segment``.
-        digest: the sha256 of the bundle's manifest.json to insist on (``clipxai-export`` prints
+        digest: the sha256 of the bundle's manifest.json to insist on (``clipxai export`` prints
         it): another bundle, or a changed one, is refused. stamps: a folder of verification stamps
         (clipxai/runtime/stamps.py): a bundle unchanged since a stamped check is not hashed again.
         """
+        options = runtime_options(options, providers=providers, threads=threads, **settings)
         bundle = load_bundle(path, expect_digest=digest, stamps=stamps)
-        if background_threshold is not None and not 0.0 <= background_threshold <= 1.0:
-            raise ClipxaiError(f"background_threshold must be in [0, 1], got {background_threshold}")
-        session = open_session(bundle, providers, threads, nvidia or NvidiaOptions(), graph_cache, cache_dir)
-        check_graph_io(bundle, session)
+        SegmentOptions(background_threshold=background_threshold).checked(bundle.classes)
+        session = open_graph(bundle, MODEL_FILE, options)
         _warn_failed_gate(bundle)
-        log.info("loaded %s: %s on %s, %d classes, %dx%d", bundle.path, bundle.manifest["backbone"]["name"],
+        log.info("loaded %s: %s on %s, %d classes, %dx%d", bundle.path, bundle.backbone_name,
                  session.get_providers()[0], len(bundle.classes), bundle.image_size, bundle.image_size)
-        predictor = cls(bundle, session, max_pixels, background_threshold)
-        predictor.cache_dir = cache_dir
-        return predictor
+        return cls(bundle, session, max_pixels, background_threshold, options)
 
     @property
     def classes(self) -> list[str]:
@@ -94,8 +98,7 @@ class Predictor:
         """
         if self._text_encoder is None:
             require_text_encoder(self.bundle)
-            providers, threads = text_providers(self.session)
-            self._text_encoder = TextEncoder.from_bundle(self.bundle, providers, threads)
+            self._text_encoder = TextEncoder.from_bundle(self.bundle, options=text_options(self.options, self.session))
         if cache is True and self.cache_dir is not None:
             cache = cache_root(self.cache_dir) / "text"
         self.vocabulary = build_vocabulary(self.bundle, self._text_encoder, names, templates, cache)
@@ -104,12 +107,19 @@ class Predictor:
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
+    @property
+    def background_threshold(self) -> float | None:
+        return self.segment_options.background_threshold
+
     def set_segmentation(self, logit_scale: float | None = None, prob_threshold: float | None = None,
-                         background_classes: Sequence[str] = ()) -> None:
+                         background_classes: Sequence[str] = (), background_threshold: float | None = None) -> None:
         """Segmentation settings for the predictions that follow (see ``Prediction.segment``):
-        logit_scale > 0, prob_threshold in [0, 1] (needs logit_scale), background class names."""
-        self.segment_options = SegmentOptions(logit_scale, prob_threshold,
-                                              tuple(background_classes)).checked(self.classes)
+        logit_scale > 0, prob_threshold in [0, 1] (needs logit_scale), background class names,
+        background_threshold in [0, 1] (None: the one ``from_bundle`` was given)."""
+        if background_threshold is None:
+            background_threshold = self.segment_options.background_threshold
+        self.segment_options = SegmentOptions(logit_scale, prob_threshold, tuple(background_classes),
+                                              background_threshold).checked(self.classes)
 
     def predict_slide(self, image: ImageInput, stride: int, short_side: int, batch_size: int = 8) -> Prediction:
         """Sliding-window prediction (clipxai.runtime.sliding): resize so the short side is
@@ -139,7 +149,7 @@ class Predictor:
     def graph_feeds(self, images: np.ndarray) -> dict:
         """The graph's inputs for preprocessed images [B, 3, S, S] (plus the vocabulary
         of a --text-encoder bundle)."""
-        return {INPUT_IMAGE: images, **vocabulary_feeds(self.vocabulary, self.bundle.manifest["graph"]["inputs"])}
+        return {INPUT_IMAGE: images, **vocabulary_feeds(self.vocabulary, self.bundle.manifest.graph.inputs)}
 
     def _run(self, pil) -> list[Prediction]:
         b, s = len(pil), self.bundle.image_size
@@ -153,12 +163,30 @@ class Predictor:
         """An RGB PIL image -> float32 [3, S, S], as the graph takes it (into ``out`` if given)."""
         return preprocess(image, self.bundle.image_size, self.bundle.mean, self.bundle.std, out=out)
 
+    def outputs(self, images: np.ndarray, names: Sequence[str] = OUTPUTS) -> list[np.ndarray]:
+        """Preprocessed images [B, 3, S, S] -> the graph's outputs ``names`` (default similarity [B, N, K],
+        scores [B, K], heatmaps [B, K, g, g])."""
+        return self.session.run(list(names), self.graph_feeds(images))
+
+    def prediction(self, similarity: np.ndarray, scores: np.ndarray, heatmaps_grid: np.ndarray,
+                   size: tuple[int, int], **fields) -> Prediction:
+        """One image's similarity [N, K], scores [K], grid maps [K, gh, gw] and original (H, W) -> a
+        Prediction with this predictor's classes and segmentation settings (``fields``: more of its fields)."""
+        return Prediction(self.classes, similarity, scores, heatmaps_grid, tuple(size), self.segment_options, **fields)
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the image graph outputs ``labels`` (bundles exported since issue 31)."""
+        return OUTPUT_LABELS in self.bundle.manifest.graph.outputs
+
     def run_graph(self, images: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[Prediction]:
-        """Preprocessed images [B, 3, S, S] and their original (H, W) sizes -> B Predictions."""
-        sim, scores, maps = self.session.run(self._outputs, self.graph_feeds(images))
-        classes = self.classes
-        return [Prediction(classes, sim[i], scores[i], maps[i], tuple(size), self.background_threshold,
-                           self.segment_options) for i, size in enumerate(sizes)]
+        """Preprocessed images [B, 3, S, S] and their original (H, W) sizes -> B Predictions
+        (with ``labels`` [K] when the graph has them)."""
+        if not self.has_labels:
+            sim, scores, maps = self.outputs(images)
+            return [self.prediction(sim[i], scores[i], maps[i], size) for i, size in enumerate(sizes)]
+        sim, scores, maps, labels = self.outputs(images, (*OUTPUTS, OUTPUT_LABELS))
+        return [self.prediction(sim[i], scores[i], maps[i], size, labels=labels[i]) for i, size in enumerate(sizes)]
 
     def image_embedding(self, image: ImageInput) -> np.ndarray:
         """Plain CLIP's L2-normalised image embedding, float32 [D] (bundles exported with --text-explainer)."""
@@ -177,7 +205,8 @@ class Predictor:
         """
         from clipxai.runtime.explain.text import WordExplainer
         if self._word_explainer is None:
-            self._word_explainer = WordExplainer.from_bundle(self.bundle, *text_providers(self.session))
+            self._word_explainer = WordExplainer.from_bundle(self.bundle,
+                                                             options=text_options(self.options, self.session))
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise ClipxaiError("no text given; pass a sentence to explain")
@@ -206,9 +235,9 @@ class Predictor:
 
 
 def _warn_failed_gate(bundle: Bundle) -> None:
-    fidelity = bundle.manifest.get("fidelity") or {}
+    fidelity = bundle.manifest.fidelity or {}  # checked at load: passed is a boolean, the figures numbers
     if fidelity.get("passed") is False:
         log.warning("%s: this %s bundle FAILED its fidelity gate at export (heatmap correlation %.4f, "
                     "pixel agreement %.1f%%) and was written with --force; its maps may be wrong",
-                    bundle.path, bundle.manifest["precision"], fidelity.get("correlation", float("nan")),
+                    bundle.path, bundle.precision, fidelity.get("correlation", float("nan")),
                     100 * fidelity.get("pixel_agreement", float("nan")))

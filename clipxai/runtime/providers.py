@@ -42,7 +42,14 @@ class SessionOptions:
 
 
 def resolve_providers(providers: ProviderSpec, options: SessionOptions = SessionOptions()) -> list:
-    """Turn "auto"/"cpu"/"cuda"/"tensorrt"/a list into onnxruntime's providers argument."""
+    """Turn "auto"/"cpu"/"cuda"/"tensorrt"/a list into onnxruntime's providers argument
+    (``resolve_names``, then ``with_trt_options``)."""
+    return with_trt_options(resolve_names(providers), options)
+
+
+def resolve_names(providers: ProviderSpec) -> list:
+    """The providers a spec asks for, each one checked to exist in this onnxruntime, the CPU provider
+    last (nodes a GPU provider cannot take run on it); (name, options) pairs are kept as given."""
     available = ort.get_available_providers()
     if isinstance(providers, str):
         key = providers.lower()
@@ -53,13 +60,13 @@ def resolve_providers(providers: ProviderSpec, options: SessionOptions = Session
             chosen = [ALIASES[key]]
         else:
             raise ClipxaiError(
-                f"unknown provider {providers!r}; use auto, cpu, cuda, tensorrt or a list of onnxruntime providers"
+                f"unknown provider {providers!r}; use auto, cpu, cuda, tensorrt, openvino or a list of onnxruntime providers"
             )
     else:
         chosen = list(providers)
         if not chosen:
             raise ClipxaiError("empty provider list; use 'auto' or name at least one provider")
-    names = [p[0] if isinstance(p, tuple) else p for p in chosen]
+    names = [provider_name(p) for p in chosen]
     for name in names:
         if name not in available:
             raise ClipxaiError(
@@ -67,10 +74,14 @@ def resolve_providers(providers: ProviderSpec, options: SessionOptions = Session
                 + ("install onnxruntime-gpu with a matching CUDA/TensorRT" if name in (CUDA, TRT) else
                    "choose another provider")
             )
+    return chosen if CPU in names else [*chosen, CPU]
+
+
+def with_trt_options(resolved: list, options: SessionOptions) -> list:
+    """``resolved`` with clipxai's options on a plain TensorRT entry (fp16, engine cache)."""
     out = []
-    for p in chosen:
-        name = p[0] if isinstance(p, tuple) else p
-        if name == TRT and not isinstance(p, tuple):
+    for p in resolved:
+        if p == TRT:
             opts = {"trt_fp16_enable": options.trt_fp16}
             if options.trt_fp16:  # keep LayerNorm's Pow/Reduce in fp32 (CLIP overflows in fp16)
                 opts["trt_layer_norm_fp32_fallback"] = True
@@ -81,10 +92,12 @@ def resolve_providers(providers: ProviderSpec, options: SessionOptions = Session
             out.append((TRT, opts))
         else:
             out.append(p)
-    # Nodes a GPU provider cannot take run on the CPU provider (onnxruntime's partitioning).
-    if CPU not in names:
-        out.append(CPU)
     return out
+
+
+def provider_name(p) -> str:
+    """A provider entry's name (an entry is a name or a (name, options) pair)."""
+    return p[0] if isinstance(p, tuple) else p
 
 
 def max_threads() -> int:
@@ -111,7 +124,8 @@ def session_options(options: SessionOptions) -> ort.SessionOptions:
     return so
 
 
-def open_graph(path: Path, so: ort.SessionOptions, resolved: list) -> ort.InferenceSession:
+def load_graph(path: Path, so: ort.SessionOptions, resolved: list) -> ort.InferenceSession:
+    """An onnxruntime session for the graph file at ``path``; a one-line ClipxaiError if it cannot load."""
     try:
         with large_blocks_returned():  # memory.py: freed weights go back to the system
             return ort.InferenceSession(str(path), so, providers=resolved)
@@ -121,22 +135,22 @@ def open_graph(path: Path, so: ort.SessionOptions, resolved: list) -> ort.Infere
 
 
 def first_provider(resolved: list) -> str:
-    return resolved[0][0] if isinstance(resolved[0], tuple) else resolved[0]
+    return provider_name(resolved[0])
+
+
+def started(session, resolved: list):
+    """``session``, if its first provider is really the one asked for; else a one-line ClipxaiError
+    (onnxruntime falls back to the CPU silently when it cannot start CUDA or TensorRT)."""
+    wanted, got = first_provider(resolved), session.get_providers()[0]
+    if got != wanted:
+        raise ClipxaiError(f"onnxruntime could not start {wanted} (it fell back to {got}); "
+                           "check the CUDA/TensorRT libraries, or pass providers='cpu'")
+    return session
 
 
 def create_session(model_path: Path, providers: ProviderSpec = "auto",
-                   options: SessionOptions = SessionOptions(), opener=None) -> ort.InferenceSession:
-    """An InferenceSession whose first provider is really the one asked for.
-
-    opener(model_path, onnxruntime options, resolved providers) opens it (default ``open_graph``;
-    sessions.py passes the CPU graph cache's).
-    """
+                   options: SessionOptions = SessionOptions()) -> ort.InferenceSession:
+    """A plain session for a graph file that is not (yet) a checked bundle's, such as the exporter's
+    staging graphs; a bundle's graphs open with ``clipxai.runtime.backends.open_graph``."""
     resolved = resolve_providers(providers, options)
-    wanted = first_provider(resolved)
-    sess = (opener or open_graph)(Path(model_path), session_options(options), resolved)
-    if sess.get_providers()[0] != wanted:
-        raise ClipxaiError(
-            f"onnxruntime could not start {wanted} (it fell back to {sess.get_providers()[0]}); "
-            "check the CUDA/TensorRT libraries, or pass providers='cpu'"
-        )
-    return sess
+    return started(load_graph(Path(model_path), session_options(options), resolved), resolved)

@@ -1,6 +1,8 @@
-"""A cache of onnxruntime's optimized CPU graph, produced on the first load of a bundle.
+"""A cache of onnxruntime's optimized CPU graph, produced on the first load of a bundle's graph.
 
-On the first load with the CPU provider, onnxruntime optimizes the bundle's
+Every graph of a bundle (the image graph, the text encoder, the word explainer,
+a mask model's encoder and decoder) has its own entry, keyed by that graph's
+files. On the first load with the CPU provider, onnxruntime optimizes the
 portable graph and prepacks the weight matrices for this CPU's GEMM kernels;
 both are saved (graph + external data, the prepacked weights included) into a
 cache entry. Later loads open the entry instead: no graph optimization, no
@@ -25,7 +27,9 @@ Trust (docs/security.md):
   have their fingerprints uses them at once (a few microseconds); a file with
   another fingerprint (replaced, edited, copied, touched) is hashed and must
   match its recorded sha256, else the entry is discarded with a warning and
-  rebuilt. The fingerprint cannot be kept by a write short of changing the
+  rebuilt. Every recorded fingerprint is taken before its file is hashed and
+  checked after (``sha256_steady``): a file written during the hash is never
+  recorded as the bytes that were hashed. The fingerprint cannot be kept by a write short of changing the
   system clock, so the fast path only skips hashing a file no one wrote.
 - Folders are created 0700, files 0600; a cache folder that another user owns
   or may write is never used (clipxai.common.cache).
@@ -33,11 +37,11 @@ Trust (docs/security.md):
   again by that process.
 
 Building: by default (mode ``background``) a first load does not wait: it
-opens the bundle's graph and starts a detached, low-priority process (the
-hidden ``clipxai-cache build``), isolated from the caller's working directory
-and environment (``python -I`` with an explicit path), that fills the entry.
+opens the bundle's graph and starts a detached, low-priority process
+(``builder_main``), isolated from the caller's working directory and
+environment (``python -I`` with an explicit path), that fills the entry.
 Mode ``sync`` fills the entry while loading, ``off`` never caches;
-``clipxai-cache warm BUNDLE`` fills it ahead of time. An entry is written into
+``clipxai cache warm BUNDLE`` fills it ahead of time. An entry is written into
 a staging folder whose name carries the builder's pid, then renamed into
 place: a crash leaves no half entry, and a staging folder whose builder is
 gone is removed by the next builder. One builder per entry (a file lock).
@@ -67,8 +71,9 @@ import numpy as np
 import onnxruntime as ort
 
 from clipxai.common.cache import FILE_MODE, UnsafeCacheError, private_dir, report_once
-from clipxai.common.files import atomic_write_text, remove_orphans, sha256_file, staged_directory, stat_fingerprint
+from clipxai.common.files import atomic_write_text, remove_orphans, sha256_steady, staged_directory, stat_fingerprint
 from clipxai.common.system import cpu_info
+from clipxai.contract import KIND_CLIP, MODEL_FILE
 from clipxai.errors import ClipxaiError
 from clipxai.runtime.bundle import files_digest
 from clipxai.runtime.cpu.memory import large_blocks_returned
@@ -134,7 +139,7 @@ def _seal(folder: Path, names=(GRAPH_FILE, DATA_FILE)) -> dict:
     """Make the files private (0600), then record their digests and fingerprints."""
     for name in names:
         os.chmod(folder / name, FILE_MODE)
-    return {name: {"sha256": sha256_file(folder / name), "stat": stat_fingerprint(folder / name)} for name in names}
+    return {name: dict(zip(("sha256", "stat"), sha256_steady(folder / name))) for name in names}
 
 
 def lookup(root: Path, key: dict) -> Path | None:
@@ -152,14 +157,20 @@ def lookup(root: Path, key: dict) -> Path | None:
     except (OSError, ValueError, KeyError, TypeError):
         _discard(entry, "its record is missing or malformed")
         return None
+    seen = {}
     for name in changed:  # written, replaced or copied since: only its digest can vouch for it
-        if sha256_file(entry / name) != files[name]["sha256"]:
+        try:
+            digest, seen[name] = sha256_steady(entry / name)  # the fingerprint of the bytes hashed
+        except OSError as e:
+            _discard(entry, f"{name} cannot be checked ({e.strerror or e})")
+            return None
+        if digest != files[name]["sha256"]:
             _discard(entry, f"{name} changed since it was written (sha256 mismatch)")
             return None
     if changed:  # same bytes (a copied or restored cache): remember the new fingerprints
         with contextlib.suppress(OSError):
             _write_record(entry, key, {**done, "files": {**files, **{
-                n: {"sha256": files[n]["sha256"], "stat": stat_fingerprint(entry / n)} for n in changed}}})
+                n: {"sha256": files[n]["sha256"], "stat": seen[n]} for n in changed}}})
     return entry / GRAPH_FILE
 
 
@@ -222,6 +233,8 @@ def build(model_path: Path, file_digests: dict[str, str], root: Path, threads: i
     """Fill the entry of a graph already checked against ``file_digests`` (under a lock; a no-op if
     the entry exists, None if another process is filling it or the cache cannot be written)."""
     from filelock import Timeout
+    if Path(model_path).name not in file_digests:  # the entry would hold another graph than its key names
+        raise ClipxaiError(f"{model_path}: not one of the graph files {sorted(file_digests)} it is cached under")
     key = cache_key(file_digests)
     found = lookup(root, key)
     if found is not None:
@@ -355,26 +368,40 @@ def probe_feeds(sess: ort.InferenceSession, seed: int = 0) -> dict:
 _builders: list[subprocess.Popen] = []
 
 
-def builder_command(bundle_path: Path, root: Path) -> list[str]:
-    """``python -I -c ...`` running ``clipxai-cache build``: isolated mode (no working directory, no
-    user site, no PYTHON* variables on the path), with the folders clipxai and its dependencies were
+def builder_command(bundle_path: Path, root: Path, graph: str = MODEL_FILE, kind: str = KIND_CLIP) -> list[str]:
+    """``python -I -c ...`` running ``builder_main``: isolated mode (no working directory, no user
+    site, no PYTHON* variables on the path), with the folders clipxai and its dependencies were
     imported from as the only additions to the interpreter's own path."""
-    import click
     import filelock
     import platformdirs
 
     import clipxai
     paths = list(dict.fromkeys(str(Path(m.__file__).resolve().parent.parent)
-                               for m in (clipxai, np, ort, click, filelock, platformdirs)))
-    code = ("import sys; sys.path[:0] = " + repr(paths) + "; sys.argv[0] = 'clipxai-cache'; "
-            "from clipxai.runtime.cli.cache import main; main()")
-    return [sys.executable, "-I", "-c", code, "build", str(Path(bundle_path).resolve()),
-            "--cache-root", str(Path(root).resolve())]
+                               for m in (clipxai, np, ort, filelock, platformdirs)))
+    code = ("import sys; sys.path[:0] = " + repr(paths) + "; "
+            "from clipxai.runtime.cpu.graph_cache import builder_main; builder_main(sys.argv[1:])")
+    return [sys.executable, "-I", "-c", code, str(Path(bundle_path).resolve()), str(Path(root).resolve()),
+            graph, kind]
 
 
-def start_background_build(bundle_path: Path, file_digests: dict[str, str], root: Path) -> subprocess.Popen | None:
-    """Start a detached, low-priority process that fills the entry; None if one is already at it
-    or the cache cannot be used."""
+def builder_main(argv: list[str]) -> None:
+    """The background builder (argv: bundle, cache root, graph file, bundle kind): check the bundle
+    again (nothing is cached from a bundle that changed since), then fill the graph's entry at the
+    lowest priority. Exits 1 on any failure: the next load simply tries again."""
+    from clipxai.runtime.bundle import load_bundle
+    lower_priority()
+    try:
+        bundle_path, root, graph, kind = argv
+        b = load_bundle(bundle_path, kind=kind)
+        build(b.path / graph, b.graph_files(graph), Path(root))
+    except Exception:  # noqa: BLE001 - a background helper
+        sys.exit(1)
+
+
+def start_background_build(bundle_path: Path, file_digests: dict[str, str], root: Path, graph: str = MODEL_FILE,
+                           kind: str = KIND_CLIP) -> subprocess.Popen | None:
+    """Start a detached, low-priority process that fills the entry of the bundle's ``graph``; None if
+    one is already at it or the cache cannot be used."""
     key = cache_key(file_digests)
     folder = usable_root(root)
     if folder is None or building(root, key):
@@ -384,7 +411,7 @@ def start_background_build(bundle_path: Path, file_digests: dict[str, str], root
     # Its own process group, so a Ctrl-C meant for the app does not kill it half-way; the same
     # session, so Linux's per-session scheduler groups (autogroup) let its low priority count.
     group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
-    proc = subprocess.Popen(builder_command(bundle_path, root), stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(builder_command(bundle_path, root, graph, kind), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True, env=env,
                             cwd=folder, **group)
     _builders.append(proc)

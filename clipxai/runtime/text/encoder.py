@@ -23,7 +23,7 @@ from clipxai.contract import (
 from clipxai.errors import BundleError, ClipxaiError
 from clipxai.runtime.bundle import Bundle
 from clipxai.runtime.text.cache import EncodingCache, default_cache_dir
-from clipxai.runtime.providers import CPU, CUDA, ProviderSpec, SessionOptions, create_session
+from clipxai.runtime.backends import ProviderSpec, RuntimeOptions, open_graph
 from clipxai.runtime.text.tokenizer import Tokenizer
 from clipxai.templates import TEMPLATES
 from clipxai.vocabulary import validate_classes
@@ -40,13 +40,13 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def has_text_encoder(bundle: Bundle) -> bool:
-    return "text_encoder" in bundle.manifest
+    return bundle.manifest.text_encoder is not None
 
 
 def require_text_encoder(bundle: Bundle) -> None:
     if not has_text_encoder(bundle):
         raise ClipxaiError(f"{bundle.path}: this bundle has no text encoder, so its classes are fixed; "
-                           "re-export it with clipxai-export --text-encoder to set classes on the device")
+                           "re-export it with clipxai export --text-encoder to set classes on the device")
 
 
 @dataclass(frozen=True)
@@ -70,20 +70,17 @@ class TextEncoder:
         self.session = session
         self.tokenizer = tokenizer
         self.dim = int(session.get_outputs()[0].shape[1])
-        files = bundle.manifest["files"]
+        files = bundle.manifest.files
         self.digest = hashlib.sha256(
-            (files[TEXT_ENCODER_FILE]["sha256"] + files[BPE_VOCAB_FILE]["sha256"]).encode()).hexdigest()
+            (files[TEXT_ENCODER_FILE].sha256 + files[BPE_VOCAB_FILE].sha256).encode()).hexdigest()
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, providers: ProviderSpec = "cpu", threads: int | None = None
-                    ) -> "TextEncoder":
-        require_text_encoder(bundle)
-        spec = bundle.manifest["text_encoder"]
-        if spec.get("context_length") != CONTEXT_LENGTH or spec.get("tokenizer") != "clip-bpe":
-            raise BundleError(f"{bundle.path}: text encoder with an unsupported tokenizer; re-export the bundle")
-        session = open_text_graph(bundle, TEXT_ENCODER_FILE, [TEXT_INPUT_IDS, TEXT_INPUT_EOT], [TEXT_OUTPUT],
-                                  "text encoder", providers, threads)
-        return cls(bundle, session, Tokenizer(bundle.path / BPE_VOCAB_FILE))
+    def from_bundle(cls, bundle: Bundle, providers: ProviderSpec = "cpu", threads: int | None = None, *,
+                    options: RuntimeOptions | None = None) -> "TextEncoder":
+        """The bundle's text graph, opened with ``options`` (default: ``providers`` and ``threads``)."""
+        require_text_encoder(bundle)  # its tokenizer (clip-bpe, 77 tokens) was checked at load
+        session = open_graph(bundle, TEXT_ENCODER_FILE, options or RuntimeOptions(providers, threads))
+        return cls(bundle, session, bpe_tokenizer(bundle))
 
     def encode_prompts(self, prompts: Sequence[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
         """prompts -> float32 [P, D], each row L2-normalised."""
@@ -118,21 +115,11 @@ class TextEncoder:
         return l2_normalize(rows.mean(axis=1)).astype(np.float32)
 
 
-def open_text_graph(bundle: Bundle, graph_file: str, inputs: list[str], outputs: list[str], what: str,
-                    providers: ProviderSpec = "cpu", threads: int | None = None):
-    """A session for one of a bundle's text-side graphs (with the BPE vocabulary it needs), its
-    input and output names checked; BundleError (one line) otherwise."""
-    files = bundle.manifest["files"]
-    for name in (graph_file, BPE_VOCAB_FILE):
-        if name not in files:  # load_bundle checked the digests of every listed file
-            raise BundleError(f"{bundle.path / name}: not listed in the manifest; re-export the bundle")
-    session = create_session(bundle.path / graph_file, providers, SessionOptions(threads=threads))
-    names_in = sorted(i.name for i in session.get_inputs())
-    names_out = [o.name for o in session.get_outputs()]
-    if names_in != sorted(inputs) or names_out != list(outputs):
-        raise BundleError(f"{bundle.path / graph_file}: graph inputs {names_in} / outputs {names_out} "
-                          f"are not a clipxai {what}'s; re-export the bundle")
-    return session
+def bpe_tokenizer(bundle: Bundle) -> Tokenizer:
+    """The BPE tokenizer of a bundle's text-side graphs (its vocabulary file digest-checked by load_bundle)."""
+    if BPE_VOCAB_FILE not in bundle.manifest.files:
+        raise BundleError(f"{bundle.path / BPE_VOCAB_FILE}: not listed in the manifest; re-export the bundle")
+    return Tokenizer(bundle.path / BPE_VOCAB_FILE)
 
 
 def check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
@@ -164,7 +151,8 @@ def build_vocabulary(bundle: Bundle, encoder: TextEncoder, names: Sequence[str],
     """
     classes = validate_classes(names, source="classes")
     tpl = check_templates(templates)
-    own = tpl == TEMPLATES and bundle.manifest.get("templates", {}).get("count") == len(TEMPLATES)
+    exported = bundle.manifest.templates
+    own = tpl == TEMPLATES and exported is not None and exported.count == len(TEMPLATES)
     store = None
     if cache is not False:
         root = default_cache_dir() if cache is True else Path(cache)
@@ -207,13 +195,3 @@ def vocabulary_feeds(vocabulary: Vocabulary | None, graph_inputs=None) -> dict[s
         return {}
     feeds = {INPUT_TEXT: vocabulary.text, INPUT_REDUNDANCY: vocabulary.redundancy}
     return feeds if graph_inputs is None else {k: v for k, v in feeds.items() if k in graph_inputs}
-
-
-def text_providers(image_session) -> tuple[list[str], int | None]:
-    """Providers and threads for the text graph, after the image session's:
-    the same device, except that TensorRT hands over to CUDA (or the CPU)."""
-    first = image_session.get_providers()[0]
-    threads = image_session.get_session_options().intra_op_num_threads or None
-    if first == CPU:
-        return [CPU], threads
-    return ([CUDA] if CUDA in image_session.get_providers() else [CPU]), threads
