@@ -11,27 +11,52 @@ partial bundle.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Iterator
 
-from clipxai.common.cli import terminate_as_interrupt
 from clipxai.common.files import atomic_write, remove_orphans, sha256_file, staged_directory
 from clipxai.contract import MANIFEST_FILE
 from clipxai.errors import ClipxaiError
+from clipxai.manifest import FileEntry, Manifest
 
 
 def check_output(output: Path, overwrite: bool) -> None:
-    """Refuse an existing output unless overwrite; refuse a non-directory in the way."""
+    """Refuse an existing output unless overwrite; with overwrite, refuse anything but a bundle
+    (``not_a_bundle``) or an empty folder: --overwrite replaces a bundle, never other files."""
     if output.exists() or output.is_symlink():
         if not overwrite:
             raise ClipxaiError(f"output {str(output)!r} already exists; pass --overwrite to replace it")
         if not output.is_dir() or output.is_symlink():
             raise ClipxaiError(f"output {str(output)!r} exists and is not a directory; remove it or choose another path")
+        why = not_a_bundle(output)
+        if why:
+            raise ClipxaiError(f"output {str(output)!r} is not a bundle ({why}); --overwrite replaces only a bundle: "
+                               "choose another path, or remove the folder yourself")
     parent = output.parent if str(output.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise ClipxaiError(f"cannot create {str(output)!r}: {str(parent)!r} is not a directory")
+
+
+def not_a_bundle(folder: Path) -> str | None:
+    """Why ``folder`` is not a bundle that --overwrite may replace, or None: it is empty, or it holds
+    a manifest.json (a JSON object with a schema_version and its files) and nothing else but those files."""
+    entries = {p.name for p in folder.iterdir()}
+    if not entries:
+        return None
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"no readable {MANIFEST_FILE}"
+    if not (isinstance(manifest, dict) and "schema_version" in manifest and isinstance(manifest.get("files"), dict)):
+        return f"its {MANIFEST_FILE} is not a bundle manifest"
+    foreign = sorted(entries - set(manifest["files"]) - {MANIFEST_FILE})
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        return f"it also holds {foreign[0]!r}{more}, which its manifest does not list"
+    return None
 
 
 @contextlib.contextmanager
@@ -45,31 +70,35 @@ def staged_bundle(output: str | Path, overwrite: bool = False) -> Iterator[Path]
     check_output(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(output.parent, prefix=output.name)
-    with terminate_as_interrupt(), staged_directory(output, mode=0o755) as staging:
+    with staged_directory(output, mode=0o755) as staging:  # the command turns SIGTERM into an interrupt
         yield staging
         if not (staging / MANIFEST_FILE).exists():
             raise RuntimeError("bundle staged without a manifest")
+        check_output(output, overwrite)  # again: the folder may have changed during the export
 
 
-def finalize_manifest(staging: Path, manifest: dict) -> dict:
-    """Add a sha256 and size for every file in the staging dir, write manifest.json last."""
+def finalize_manifest(staging: Path, manifest: Manifest) -> Manifest:
+    """Add a sha256 and size for every file in the staging dir, write manifest.json last. The JSON is
+    read back through the manifest's schema first: an exporter never writes a manifest the runtime refuses.
+    Returns the manifest as a reader gets it."""
     files = {}
     for p in sorted(staging.iterdir()):
         if p.name == MANIFEST_FILE or not p.is_file():
             continue
         with open(p, "rb") as f:
             os.fsync(f.fileno())
-        files[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-    manifest = dict(manifest, files=files)
+        files[p.name] = FileEntry(sha256_file(p), p.stat().st_size)
+    data = dataclasses.replace(manifest, files=files).to_dict()
+    checked = type(manifest).from_dict(data)
 
     def write(path: Path) -> None:
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, ensure_ascii=False)
+            json.dump(data, f, indent=2, ensure_ascii=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
     atomic_write(staging / MANIFEST_FILE, write)
-    return manifest
+    return checked
 
 
 def bundle_size(path: Path) -> int:

@@ -30,13 +30,16 @@ from pathlib import Path
 import open_clip
 import torch
 
+from clipxai.contract import DEFAULT_PRETRAINED
+
 from clipxai.contract import OPENAI_MEAN, OPENAI_STD
 from clipxai.common.files import sha256_file
 from clipxai.errors import WeightsError, WeightsUnavailableError
 from clipxai.models.backbones import BackboneChoice
+from clipxai.models.pickled import load_tensors_only
 
 RANDOM = "random"
-OPENAI = "openai"
+OPENAI = DEFAULT_PRETRAINED
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
@@ -156,13 +159,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
         except Exception as e:  # noqa: BLE001
             raise WeightsError(f"{path.name}: unreadable TorchScript archive ({_one_line(e)})")
         return _flat(sd), "openai-torchscript"
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - UnpicklingError and friends
-        raise WeightsError(
-            f"{path.name}: cannot be read as a tensors-only checkpoint ({_one_line(e)}); "
-            "save it as a plain state dict (torch.save(model.state_dict(), f)) or .safetensors"
-        )
+    obj = load_tensors_only(path)  # never runs code: a file with objects is refused (models/pickled.py)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         return _flat(obj["state_dict"]), "open_clip-checkpoint"
     if not isinstance(obj, dict):

@@ -24,6 +24,7 @@ from torch import nn
 
 from clipxai.errors import WeightsError
 from clipxai.mask_models import MaskModel
+from clipxai.models.pickled import load_tensors_only
 
 IMAGE_SIZE = 1024
 
@@ -46,22 +47,33 @@ def build_mask_model(row: MaskModel, seed: int = 0) -> nn.Module:
         logging.getLogger().setLevel(quiet)
 
 
+def save_random_checkpoint(row: MaskModel, path: str | Path, seed: int = 0) -> nn.Module:
+    """Random weights of ``row`` saved as its official files are (SAM a plain state dict, SAM 2.1
+    {"model": ...}): what tests and benchmarks export without downloading. Returns the model."""
+    model = build_mask_model(row, seed=seed)
+    torch.save(model.state_dict() if row.family == "sam" else {"model": model.state_dict()}, str(path))
+    return model
+
+
 def read_mask_checkpoint(path: str | Path, row: MaskModel) -> dict[str, torch.Tensor]:
     """A local checkpoint as a state dict: safetensors, or a pickle read with weights_only=True
     (nothing but tensors is unpickled). SAM 2.1 files hold {"model": state dict}."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such checkpoint file")
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        try:
             from safetensors.torch import load_file
             sd = load_file(str(path))
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickles with code, truncated files, other formats
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: not a readable {row.name} checkpoint ({first}); "
-                           f"the official one is {row.url}{row.checkpoint}") from None
+        except Exception as e:  # noqa: BLE001 - truncated files, other formats
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise WeightsError(f"{path}: not a readable {row.name} checkpoint ({first}); "
+                               f"the official one is {row.url}{row.checkpoint}") from None
+    else:
+        try:
+            sd = load_tensors_only(path, f"{row.name} checkpoint")  # never runs code (models/pickled.py)
+        except WeightsError as e:
+            raise WeightsError(f"{e}; the official one is {row.url}{row.checkpoint}") from None
     if isinstance(sd, dict) and isinstance(sd.get("model"), dict):
         sd = sd["model"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

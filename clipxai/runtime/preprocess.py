@@ -17,6 +17,8 @@ Colour rule (applied after EXIF orientation):
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 from pathlib import Path
 from typing import Union
@@ -29,8 +31,13 @@ from clipxai.errors import ClipxaiError
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
 # Decompression-bomb guard: images above this many pixels are refused (the full
-# image must be decoded to resize it exactly as CLIP does).
+# image must be decoded to resize it exactly as CLIP does). It governs alone: Pillow's own guard
+# (a warning above Image.MAX_IMAGE_PIXELS, 89.5 MP, an error above twice that) is silenced, or
+# raised to the image's size while clipxai opens a file that max_pixels allows (``_pillow_guard``).
 DEFAULT_MAX_PIXELS = 120_000_000
+RAISE_LIMIT = ("raise the limit with max_pixels= (Predictor.from_bundle(..., max_pixels=N), or set "
+               "the predictor's .max_pixels)")
+_pillow_limit = threading.Lock()
 
 
 def open_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -56,25 +63,59 @@ def _check_pixels(w: int, h: int, max_pixels: int, what: str) -> None:
         raise ClipxaiError(f"{what} is empty ({w}x{h})")
     if w * h > max_pixels:
         raise ClipxaiError(
-            f"{what} is {w}x{h} = {w * h / 1e6:.0f} MP, above the {max_pixels / 1e6:.0f} MP limit "
-            "(decompression-bomb guard); downscale it or raise max_pixels"
+            f"{what} is {w}x{h} = {w * h / 1e6:.3g} MP, above the {max_pixels / 1e6:.3g} MP limit "
+            f"(decompression-bomb guard); downscale it, or {RAISE_LIMIT}"
         )
+
+
+@contextlib.contextmanager
+def _pillow_guard(pixels: int | None):
+    """Pillow's own decompression-bomb guard made to agree with max_pixels, which clipxai checks
+    itself: Pillow's warning is ignored; where ``pixels`` would trip its error (above twice
+    Image.MAX_IMAGE_PIXELS), its threshold is raised to ``pixels`` (None: lifted) for the block,
+    under a lock, and put back."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is None or (pixels is not None and pixels <= 2 * limit):
+            yield
+            return
+        with _pillow_limit:
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, pixels
+            try:
+                yield
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+
+
+def _open_header(path: Path) -> Image.Image:
+    """Image.open (the header only): a size Pillow refuses is read again with its guard lifted, so
+    that max_pixels decides (_check_pixels)."""
+    try:
+        with _pillow_guard(0):  # 0: Pillow's threshold as it is, its warning ignored
+            return Image.open(path)
+    except Image.DecompressionBombError:
+        with _pillow_guard(None):
+            return Image.open(path)
 
 
 def _open_path(path: Path, max_pixels: int) -> Image.Image:
     name = str(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)  # reads the header only
+        img = _open_header(path)
+        try:
             _check_pixels(img.width, img.height, max_pixels, name)
-            img.load()
+            with _pillow_guard(img.width * img.height):
+                img.load()
+        except BaseException:
+            img.close()
+            raise
     except FileNotFoundError:
         raise ClipxaiError(f"{name}: no such file")
     except IsADirectoryError:
         raise ClipxaiError(f"{name}: is a directory, not an image")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ClipxaiError(f"{name}: refused as a decompression bomb ({e})")
+    except Image.DecompressionBombError as e:  # a frame or tile inside the file larger than its header says
+        raise ClipxaiError(f"{name}: refused as a decompression bomb ({e}); {RAISE_LIMIT}")
     except ClipxaiError:
         raise
     except (OSError, SyntaxError, ValueError) as e:  # Pillow's "cannot identify", truncated files

@@ -11,6 +11,11 @@ mojibake included (tested), step by step:
    digits (``\\p{N}``) and runs of other non-space characters;
 3. byte-level BPE with the merges of ``bpe_simple_vocab_16e6.txt.gz``;
 4. ``<start_of_text>`` ids ``<end_of_text>``, cut to the context keeping the end token.
+
+Pieces are bytes: a BPE piece may hold part of a character (a Chinese character's three
+UTF-8 bytes can span two pieces), so text is put back together from the pieces' bytes
+(``piece_bytes``), never by decoding pieces one by one. ``encode_words`` groups the ids by
+word as the user wrote them (``_WORD_GLUE``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,13 @@ N_MERGES = 49152 - 256 - 2  # CLIP uses the first 48894 merges of the file
 # CLIP's pre-tokenisation pattern (a fact of the model: its merges were learnt on these pieces).
 _PATTERN = regex.compile(START_TOKEN + "|" + END_TOKEN +
                          r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
+
+
+# A pre-tokenisation piece that touches the previous one stays in its word when the junction is
+# a combining mark (\p{M}: accents, vowel signs and points of Hebrew, Arabic, Devanagari, Thai) or an
+# invisible format character (\p{Cf}: zero-width joiner and non-joiner, left-to-right and
+# right-to-left marks): CLIP's pattern splits "كَتَبَ" and "नमस्ते" at every mark, a reader does not.
+_WORD_GLUE = regex.compile(r"[\p{M}\p{Cf}]")
 
 
 def clean_text(text: str) -> str:
@@ -115,13 +127,19 @@ class Tokenizer:
         self._cache[piece] = ids
         return ids
 
-    def piece(self, token_id: int) -> tuple[str, bool]:
-        """One id -> (its text, whether it ends a word): 49407 -> ("<|endoftext|>", True)."""
+    def piece_bytes(self, token_id: int) -> tuple[bytes, bool]:
+        """One id -> (its UTF-8 bytes, whether it ends a pre-tokenisation piece). The bytes may be
+        part of a character: join a word's pieces' bytes before decoding them."""
         symbol = self.symbols[token_id]
         if symbol in (START_TOKEN, END_TOKEN):
-            return symbol, True
+            return symbol.encode(), True
         ends = symbol.endswith("</w>")
-        raw = bytes(self._byte_of[c] for c in (symbol[:-4] if ends else symbol))
+        return bytes(self._byte_of[c] for c in (symbol[:-4] if ends else symbol)), ends
+
+    def piece(self, token_id: int) -> tuple[str, bool]:
+        """One id -> (its text, whether it ends a piece): 49407 -> ("<end_of_text>", True). A piece
+        holding part of a character shows U+FFFD for it: text is rebuilt with ``piece_bytes``."""
+        raw, ends = self.piece_bytes(token_id)
         return raw.decode("utf-8", errors="replace"), ends
 
     def encode(self, text: str) -> list[int]:
@@ -130,6 +148,22 @@ class Tokenizer:
         for piece in pre_tokenize(clean_text(text)):
             out.extend(self._bpe(piece))
         return out
+
+    def encode_words(self, text: str) -> list[list[int]]:
+        """One text -> its BPE ids grouped by word (concatenated, ``encode(text)``): CLIP's
+        pre-tokenisation pieces of the cleaned text, a piece joining the previous one where they
+        touch at a combining mark or an invisible format character (``_WORD_GLUE``)."""
+        words: list[list[int]] = []
+        last, end = "", -1
+        for m in _PATTERN.finditer(clean_text(text)):
+            piece = m.group()
+            glued = m.start() == end and bool(_WORD_GLUE.match(piece[0]) or _WORD_GLUE.match(last[-1]))
+            if glued:
+                words[-1].extend(self._bpe(piece))
+            else:
+                words.append(list(self._bpe(piece)))
+            last, end = piece, m.end()
+        return words
 
     def __call__(self, texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -> np.ndarray:
         return self.tokenize_with_lengths(texts, context_length)[0]

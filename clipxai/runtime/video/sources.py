@@ -2,9 +2,12 @@
 
 Every source yields ``Frame``s in order. A file is read to its end; a frame
 that does not decode ends the stream with ``VideoError.stopped_at`` saying
-where, after the frames that did. PyAV is the optional extra ``clipxai[video]``,
-OpenCV ``clipxai[camera]``; without them asking for a video or a camera is a
-one-line error naming the extra.
+where, after the frames that did. So does a file that ends early without a
+decode error: after its last frame, what was decoded is compared with what the
+container declares (its frame count, its video stream's duration) and a
+shortfall of more than a frame is the same VideoError (``_check_complete``).
+PyAV is the optional extra ``clipxai[video]``, OpenCV ``clipxai[camera]``;
+without them asking for a video or a camera is a one-line error naming the extra.
 """
 
 from __future__ import annotations
@@ -87,24 +90,101 @@ def video_frames(path: str | Path) -> Iterator[Frame]:
 
 
 def _decode(av, container, path: Path) -> Iterator[Frame]:
-    index = 0
+    read = _Read()
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         try:
-            for frame in container.decode(stream):
-                t = float(frame.pts * stream.time_base) if frame.pts is not None and stream.time_base else None
-                yield Frame(frame.to_ndarray(format="rgb24"), index, t)
-                index += 1
+            for packet in container.demux(stream):
+                read.packets += packet.size > 0  # the last, empty packet only flushes the decoder
+                for frame in packet.decode():
+                    t = float(frame.pts * stream.time_base) if frame.pts is not None and stream.time_base else None
+                    yield Frame(frame.to_ndarray(format="rgb24"), read.frames, t)
+                    read.saw(t)
         except av.FFmpegError as e:
-            if index == 0:
+            if read.frames == 0:
                 raise VideoError(f"{path}: cannot decode its video ({_reason(e)})") from None
-            raise VideoError(f"{path}: stopped at frame {index}, the rest does not decode ({_reason(e)})",
-                             stopped_at=index) from None
-        if index == 0:
+            raise VideoError(f"{path}: stopped at frame {read.frames}, the rest does not decode ({_reason(e)})",
+                             stopped_at=read.frames) from None
+        if read.frames == 0:
             raise VideoError(f"{path}: has no frames")
+        _check_complete(path, declared_length(container, stream), read, _frame_period(stream))
     finally:
         container.close()
+
+
+@dataclass
+class _Read:
+    """What a file gave: packets demuxed (a frame each, decodable or not), frames decoded, and the
+    first and last frame's timestamps."""
+
+    packets: int = 0
+    frames: int = 0
+    first: float | None = None
+    last: float | None = None
+
+    def saw(self, t: float | None) -> None:
+        self.frames += 1
+        if t is not None:
+            self.first = t if self.first is None else self.first
+            self.last = t
+
+    def span(self, period: float) -> float | None:
+        return None if self.first is None or self.last is None else self.last - self.first + period
+
+
+# Containers whose header counts exactly the frames a whole file gives. MP4's count is not one of them:
+# it includes frames an edit list hides (a stream-copied cut), so MP4 is checked by its duration.
+FRAME_COUNT_FORMATS = frozenset({"avi"})
+
+
+def declared_length(container, stream) -> tuple[int | None, float | None]:
+    """(frames, seconds) the container declares for its video stream, None where it declares nothing:
+    the header's frame count (FRAME_COUNT_FORMATS); the stream's duration (MP4, MOV), its DURATION
+    tag (Matroska, WebM), else the whole file's duration when the video is its only stream. Formats
+    written to be streamed (MPEG-TS, fragmented MP4) declare neither: their end cannot be checked."""
+    names = set((container.format.name or "").split(","))
+    frames = int(stream.frames) if stream.frames and names & FRAME_COUNT_FORMATS else None
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    else:
+        tag = next((v for k, v in (stream.metadata or {}).items() if k.upper().startswith("DURATION")), None)
+        seconds = _clock_seconds(tag)
+        if seconds is None and container.duration and len(container.streams) == 1:
+            seconds = container.duration / 1_000_000  # av.time_base: microseconds
+    return frames, (seconds if seconds and seconds > 0 else None)
+
+
+def _clock_seconds(text) -> float | None:
+    """"HH:MM:SS.fraction" (Matroska's DURATION tag) -> seconds, None when it is not one."""
+    try:
+        h, m, s = str(text).strip().split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+    except (TypeError, ValueError):
+        return None
+
+
+def _frame_period(stream) -> float | None:
+    rate = stream.average_rate or stream.guessed_rate
+    return 1.0 / float(rate) if rate else None
+
+
+def _check_complete(path: Path, declared: tuple[int | None, float | None], read: _Read,
+                    period: float | None) -> None:
+    """VideoError(stopped_at=frames decoded) when the file falls short of what its container declares
+    by more than a frame: fewer packets than the header's frame count (packets: a packed bitstream's
+    placeholder packets decode to no frame), or a first-to-last-frame span (plus one frame) shorter
+    than the declared duration by more than 1.5 frame periods (at least 50 ms)."""
+    want_frames, want_seconds = declared
+    span = read.span(period) if period else None
+    if want_frames is not None and read.packets < want_frames - 1:
+        shortfall = f"declares {want_frames} frames, it holds {read.packets}"
+    elif want_seconds is not None and span is not None and span < want_seconds - max(1.5 * period, 0.05):
+        shortfall = f"declares {want_seconds:.2f} s, it holds {span:.2f} s"
+    else:
+        return
+    raise VideoError(f"{path}: stopped at frame {read.frames}, the file ends early (cut short?): its container "
+                     f"{shortfall}", stopped_at=read.frames)
 
 
 def camera_frames(index: int) -> Iterator[Frame]:
