@@ -17,9 +17,11 @@ SUPPORTED_SCHEMAS = (1, 2, 3)
 
 # Bundle kinds ("kind" in the manifest; schema 1-2 bundles are "clip").
 KIND_CLIP = "clip"
-KIND_MASK = "mask-model"   # SAM / SAM 2.1 (clipxai-export-sam)
+KIND_MASK = "mask-model"   # SAM / SAM 2.1 (clipxai export-sam)
 
 # Files and graph IO of a mask-model bundle.
+MASK_FAMILIES = ("sam", "sam2")               # segment-anything, SAM 2.1 (the manifest's "family")
+MASK_IMAGE_SIZE = 1024                        # the encoder's square input
 MASK_ENCODER_FILE = "encoder.onnx"            # + encoder.onnx.data (its weights)
 MASK_DECODER_FILE = "decoder.onnx"
 MASK_INPUT_IMAGE = "image"                    # float32 [1, 3, 1024, 1024], preprocessed
@@ -52,6 +54,9 @@ OUTPUT_HEATMAPS = "heatmaps"         # float32 [B, K, g, g], per-class min-max o
 OUTPUTS = (OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS)
 # Image-graph output of bundles exported with --text-explainer: plain CLIP's image embedding.
 OUTPUT_EMBEDDING = "image_embedding"  # float32 [B, D], L2-normalised (the class token the scores use)
+# Image-graph output of bundles exported since issue 31 (older bundles lack it and still load):
+# independent multi-label logits, TaI-DPT's protocol (docs/methods.md, "Which classes are present").
+OUTPUT_LABELS = "labels"             # float32 [B, K], rate·local + (1 − rate)·global, both logit_scale·cos
 
 # Image-graph inputs of a text-encoder bundle (the vocabulary is data, not constants).
 INPUT_TEXT = "text"                  # float32 [K, D], L2-normalised prompt-ensemble class embeddings
@@ -87,3 +92,21 @@ LOGIT_SCALE = 100.0
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
+
+# Defaults of the commands and the jobs behind them (clipxai/cli, clipxai/apps): one literal each.
+DEFAULT_PROVIDERS = "auto"
+DEFAULT_BATCH_SIZE = 4           # images per graph run
+DEFAULT_WINDOWS_PER_BATCH = 8    # sliding windows per graph run (--slide)
+DEFAULT_FRAMES_PER_BATCH = 4     # video frames per graph run
+DEFAULT_FAITHFULNESS_BATCH = 16  # perturbed images per classifier run (evaluate faithfulness)
+DEFAULT_METHOD = "surgery"
+DEFAULT_PRETRAINED = "openai"    # CLIP's own weights (open_clip's "openai" tag)
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_PRECISION = "fp32"
+MIN_OPSET = 17                   # the oldest ONNX opset the exporters write (LayerNormalization)
+DEFAULT_TEXT_BATCH = 256         # prompts per text-encoder batch at export
+DEFAULT_LABELS_MERGE_RATE = 0.5  # weight of the local (dense) label logits: TaI-DPT's GL_merge_rate
+DEFAULT_EXPLAINER_BLOCKS = 8     # text blocks Grad-ECLIP's word explainer re-runs (the reference's 8)
+ROS_NODE_NAME = "clipxai"        # clipxai ros: the node's name (--ros-args -r __node:=NAME renames it)
+ROS_MAX_CLASSES = 255            # clipxai ros: the mono8 segmentation holds class k as k, 255 = unassigned
+ROS_DIAGNOSTICS_PERIOD_S = 1.0   # clipxai ros: /diagnostics once a second

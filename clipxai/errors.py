@@ -9,7 +9,7 @@ exit non-zero, without a traceback.
 class ClipxaiError(Exception):
     """An error caused by the user's input, with a one-line, actionable message."""
 
-    exit_code = 2  # what a CLI exits with (clipxai.common.cli)
+    exit_code = 2  # what a CLI exits with (clipxai/cli/console.py)
 
 
 class BundleError(ClipxaiError):

@@ -1,4 +1,4 @@
-"""The mask models ``clipxai-export-sam`` exports, as data (torch-free): SAM and SAM 2.1.
+"""The mask models ``clipxai export-sam`` exports, as data (torch-free): SAM and SAM 2.1.
 
 Each row says which package builds the model and how (a SAM registry size, or
 a SAM 2.1 config with optional overrides), where the official checkpoint is

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Latency split of a bundle on this device: preprocessing, host-to-device copy, compute,
-# device-to-host copy, postprocessing (python -m clipxai.runtime.cli.latency, the runtime's own
+# device-to-host copy, postprocessing (python -m clipxai.cli.latency, the runtime's own
 # code path), printed as a markdown table with the device and its power mode.
 #
 #   jetson/benchmark.sh BUNDLE [--providers cuda|tensorrt|cpu] [--backend tensorrt] [--trt-fp16]
@@ -31,4 +31,4 @@ if command -v nvpmodel > /dev/null 2>&1; then
     MODE="nvpmodel ${NV:-unknown}, jetson_clocks ${JETSON_CLOCKS:-unknown}"
 fi
 echo "power mode: $MODE"
-clipxai_run clipxai.runtime.cli.latency "$@" --power-mode "$MODE"
+clipxai_run clipxai.cli.latency "$@" --power-mode "$MODE"

@@ -5,7 +5,7 @@
 #   (a CLIP bundle: one engine; a mask-model bundle from clipxai-export-sam: its encoder and decoder)
 #                                 [--fp32-layers auto|none|NAME,...] [--engine-root DIR] [-- TRTEXEC ARGS...]
 #
-# Shapes and precision come from the bundle's manifest (python -m clipxai.runtime.cli.trt_args).
+# Shapes and precision come from the bundle's manifest (python -m clipxai.cli.trt_args).
 # fp16/int8 engines keep LayerNorm, softmax and the normalisation layers in fp32
 # (--precisionConstraints=obey --layerPrecisions=...:fp32) unless --fp32-layers none.
 # The engine goes to the user cache, ~/.cache/clipxai/engines/<graph digest>/<key>/model.engine
@@ -78,13 +78,13 @@ build_graph() {
     local GRAPH=$1 ENGINE_DIR ARGS_FILE LOG ENGINE BUILT_WITH KEY_VERSION
     local -a TRT_ARGS
     # The key's folder (emptied first if it holds another key's files); fails without TensorRT or a GPU.
-    ENGINE_DIR=$(clipxai_run clipxai.runtime.cli.trt_args "$BUNDLE" "${OPTS[@]}" --graph "$GRAPH" --emit engine-dir)
+    ENGINE_DIR=$(clipxai_run clipxai.cli.trt_args "$BUNDLE" "${OPTS[@]}" --graph "$GRAPH" --emit engine-dir)
     ARGS_FILE="$ENGINE_DIR/trtexec.args"
     LOG="$ENGINE_DIR/build.log"
     PARTIAL="$ENGINE_DIR/model.engine.partial"
     ENGINE="$ENGINE_DIR/model.engine"
 
-    clipxai_run clipxai.runtime.cli.trt_args "$BUNDLE" "${OPTS[@]}" --graph "$GRAPH" --emit args > "$ARGS_FILE"
+    clipxai_run clipxai.cli.trt_args "$BUNDLE" "${OPTS[@]}" --graph "$GRAPH" --emit args > "$ARGS_FILE"
     mapfile -t TRT_ARGS < "$ARGS_FILE"
     if [ "${#TRT_ARGS[@]}" -eq 0 ]; then
         echo "error: no trtexec arguments were produced for $BUNDLE ($GRAPH)" >&2
@@ -122,10 +122,10 @@ build_graph() {
     esac
 
     mv -f "$PARTIAL" "$ENGINE"
-    clipxai_run clipxai.runtime.cli.trt_args "$BUNDLE" "${OPTS[@]}" --graph "$GRAPH" --emit record
+    clipxai_run clipxai.cli.trt_args "$BUNDLE" "${OPTS[@]}" --graph "$GRAPH" --emit record
 }
 
-GRAPHS=$(clipxai_run clipxai.runtime.cli.trt_args "$BUNDLE" --emit graphs)
+GRAPHS=$(clipxai_run clipxai.cli.trt_args "$BUNDLE" --emit graphs)
 for GRAPH in $GRAPHS; do
     build_graph "$GRAPH"
 done

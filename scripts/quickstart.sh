@@ -17,20 +17,20 @@ WEIGHTS="${1:-openai}"
 CLASSES="rocket,sky,smoke,tree,ground,building"
 OUT="quickstart"
 status=0
-"$VENV/bin/clipxai-export" --backbone ViT-B/16 --pretrained "$WEIGHTS" --classes "$CLASSES" \
-    --output "$OUT/vitb16-224" --overwrite || status=$?
+"$VENV/bin/clipxai" export --backbone ViT-B/16 --pretrained "$WEIGHTS" --classes "$CLASSES" \
+    --out "$OUT/vitb16-224" --overwrite || status=$?
 if [ "$status" -eq 3 ]; then
     echo
     echo "The $WEIGHTS weights could not be downloaded (no network?). To use real weights, download"
     echo "ViT-B-16.pt elsewhere and run: ./scripts/quickstart.sh /path/to/ViT-B-16.pt"
     echo "Running the whole pipeline now with RANDOM weights: the pictures show the mechanics, not real maps."
     echo
-    "$VENV/bin/clipxai-export" --backbone ViT-B/16 --pretrained random --classes "$CLASSES" \
-        --output "$OUT/vitb16-224" --overwrite
+    "$VENV/bin/clipxai" export --backbone ViT-B/16 --pretrained random --classes "$CLASSES" \
+        --out "$OUT/vitb16-224" --overwrite
 elif [ "$status" -ne 0 ]; then
     exit "$status"
 fi
-"$VENV/bin/clipxai-segment" "$OUT/vitb16-224" examples/rocket.jpg --out "$OUT/results"
+"$VENV/bin/clipxai" segment "$OUT/vitb16-224" examples/rocket.jpg --out "$OUT/results"
 echo
 echo "Done. Heatmap overlays: $OUT/results/rocket_heatmap_<class>.png"
 echo "      segmentation:     $OUT/results/rocket_segmentation.png"

@@ -26,3 +26,48 @@ def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 def leftovers(parent: Path) -> list[str]:
     """Staging directories the exporter may have left in parent."""
     return [p.name for p in Path(parent).iterdir() if ".partial-" in p.name]
+
+
+def gated_segment(target: str, after: int, gate: Path, args: list[str]):
+    """``clipxai segment ARGS`` in a subprocess whose ``target`` method ("module:Class.method") blocks after
+    its ``after``-th call: it creates ``gate/ready`` and waits until ``gate/sent`` exists. A test sends
+    its signal once ``ready`` exists, then creates ``sent``: the stop is exercised at a known point,
+    whatever the machine's load."""
+    import subprocess
+    import sys
+    module, attr = target.split(":")
+    cls, method = attr.split(".")
+    script = f"""
+import importlib, os, sys, time
+from pathlib import Path
+gate = Path({str(gate)!r})
+owner = getattr(importlib.import_module({module!r}), {cls!r})
+original = getattr(owner, {method!r})
+calls = [0]
+def gated(*a, **k):
+    out = original(*a, **k)
+    calls[0] += 1
+    if calls[0] == {after}:
+        (gate / "ready").touch()
+        while not (gate / "sent").exists():
+            time.sleep(0.01)
+    return out
+setattr(owner, {method!r}, gated)
+from clipxai.cli.segment import segment
+segment(sys.argv[1:])
+"""
+    gate.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=gate)
+
+
+def signal_at_gate(proc, gate: Path, sig, timeout: float = 300.0) -> tuple[str, str]:
+    """Wait for ``gate/ready`` (or the process's end), send ``sig``, open the gate; (stdout, stderr)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while not (gate / "ready").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (gate / "ready").exists(), proc.communicate(timeout=60)
+    proc.send_signal(sig)
+    (gate / "sent").touch()
+    return proc.communicate(timeout=timeout)

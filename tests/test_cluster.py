@@ -19,16 +19,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from clipxai.runtime.cli.segment import main as segment_main
+from clipxai.cli.segment import main as segment_main
 from tiny import TINY
 
 ROOT = Path(__file__).parent.parent
 ROCKET = ROOT / "examples" / "rocket.jpg"
 CLASSES = ["rocket", "sky", "smoke"]
 
-_spec = importlib.util.spec_from_file_location("evaluate_script_cluster", ROOT / "scripts" / "evaluate.py")
-evaluate_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate_script)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +56,8 @@ def _jsons(folder: Path) -> dict[str, str]:
 def test_segment_on_ray_equals_local(bundle, tmp_path):
     images = _images(tmp_path / "in", 9)
     local = _segment(bundle, images, "--out", tmp_path / "local", "--threads", 1, "--batch-size", 4)
-    ray = _segment(bundle, images, "--out", tmp_path / "ray", "--threads", 1, "--batch-size", 4,
-                   "--ray", "--actors", 2)
+    ray = _segment("--ray", "--actors", 2, bundle, images, "--out", tmp_path / "ray", "--threads", 1,
+                   "--batch-size", 4)  # flags in any order: --ray before the inputs
     assert local.exit_code == ray.exit_code == 1, ray.output  # 1: the broken image, listed
     assert "broken.jpg: not a readable image" in ray.output and "2 actors x 1 thread(s)" in ray.output
     assert "re-hashed it for 0 of" in ray.output  # the node verified the bundle; its actors trusted the stamp
@@ -89,10 +86,11 @@ def test_evaluate_on_ray_equals_local(bundle, tmp_path):
     args = [bundle, "--images", root / "img", "--labels", root / "lab", "--class-names", root / "names.txt",
             "--threads", 1, "--logit-scale", 30]
     reports = []
-    for extra, name in (([], "local.json"), (["--ray", "--actors", 2, "--batch-size", 2], "ray.json")):
-        r = CliRunner().invoke(evaluate_script.main, [str(a) for a in args + extra + ["--out", tmp_path / name]])
+    from clipxai.cli.evaluate import evaluate
+    for extra, name in (([], "local"), (["--ray", "--actors", 2], "ray")):
+        r = CliRunner().invoke(evaluate, ["segmentation", *[str(a) for a in args + extra + ["--out", tmp_path / name]]])
         assert r.exit_code == 0, r.output
-        reports.append(json.loads((tmp_path / name).read_text()))
+        reports.append(json.loads((tmp_path / name / "segmentation.json").read_text()))
     local, ray = reports
     assert ray["pixels"] == local["pixels"] and ray["per_class"] == local["per_class"]
     assert ray["mIoU"] == local["mIoU"] and ray["images"] == local["images"] == 7
@@ -142,8 +140,8 @@ def test_an_actor_killed_mid_run_loses_nothing(bundle, tmp_path):
 def test_unreachable_cluster_is_one_line(bundle, tmp_path):
     images = _images(tmp_path / "in", 2, broken=False)
     # a subprocess with a timeout: Ray's own client would retry this address for minutes
-    r = subprocess.run([sys.executable, "-m", "clipxai.runtime.cli.segment", str(bundle), str(images), "--out",
-                        str(tmp_path / "out"), "--ray", "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "clipxai.cli.segment", str(bundle), str(images), "--out",
+                        str(tmp_path / "out"), "--ray-address", "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "cannot reach the Ray cluster at 127.0.0.1:1" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
@@ -159,7 +157,7 @@ def test_missing_ray_names_the_extra(bundle, tmp_path):
         "        if name.split('.')[0] == 'ray':\n"
         "            raise ImportError(name=name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "from clipxai.runtime.cli.segment import main\n"
+        "from clipxai.cli.segment import main\n"
         "main(sys.argv[1:])\n")
     images = _images(tmp_path / "in", 1, broken=False)
     r = subprocess.run([sys.executable, "-c", script, str(bundle), str(images), "--out", str(tmp_path / "o"),

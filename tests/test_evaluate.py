@@ -1,5 +1,5 @@
 """mIoU evaluation: the metric against hand-computed values, a synthetic dataset with known IoU,
-and scripts/evaluate.py end to end on a tiny bundle (report checked against an independent count)."""
+and `clipxai evaluate segmentation` end to end on a tiny bundle (report checked against an independent count)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,6 @@ from clipxai.eval.segmentation import (
 from tiny import TINY
 
 ROOT = Path(__file__).parent.parent
-_spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
-evaluate_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate_script)
 
 
 # ---- the metric -------------------------------------------------------------------------
@@ -146,7 +143,7 @@ def test_class_mapping_errors():
         class_mapping(["dog"], [["background"], ["dog"], ["dog"]], background_id=0)
 
 
-# ---- scripts/evaluate.py end to end ---------------------------------------------------------
+# ---- clipxai evaluate segmentation end to end ---------------------------------------------------------
 
 CLASSES = ["rocket", "sky", "smoke"]
 
@@ -175,13 +172,15 @@ def voc(tmp_path):
 
 
 def invoke(*args):
-    return CliRunner().invoke(evaluate_script.main, [str(a) for a in args], catch_exceptions=False)
+    from clipxai.cli.evaluate import evaluate
+    return CliRunner().invoke(evaluate, ["segmentation", *[str(a) for a in args]], catch_exceptions=False)
 
 
 def test_evaluate_script_against_an_independent_count(bundle, voc, tmp_path):
-    out = tmp_path / "rep" / "report.json"
+    out_dir = tmp_path / "rep"
+    out = out_dir / "segmentation.json"
     r = invoke(bundle, "--images", voc / "img", "--labels", voc / "lab", "--class-names", voc / "names.txt",
-               "--slide", 16, "--short-side", 40, "--logit-scale", 30, "--prob-threshold", 0.6, "--out", out)
+               "--slide", 16, "--short-side", 40, "--logit-scale", 30, "--prob-threshold", 0.6, "--out", out_dir)
     assert r.exit_code == 0, r.output
     assert "mIoU" in r.stdout and "evaluating" in r.stderr and "RANDOM" in r.stderr
     rep = json.loads(out.read_text())
@@ -207,14 +206,13 @@ def test_evaluate_script_against_an_independent_count(bundle, voc, tmp_path):
     assert (inter > 0).sum() >= 2  # not a degenerate all-miss case
     # plain (no slide) and --limit
     r = invoke(bundle, "--images", voc / "img", "--labels", voc / "lab", "--class-names", voc / "names.txt",
-               "--limit", 1, "--out", out)
+               "--limit", 1, "--out", out_dir)
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["images"] == 1
 
 
 def test_evaluate_script_errors(bundle, voc, tmp_path):
-    out = tmp_path / "report.json"
-    base = [bundle, "--images", voc / "img", "--labels", voc / "lab", "--out", out]
+    base = [bundle, "--images", voc / "img", "--labels", voc / "lab", "--out", tmp_path / "rep"]
     (voc / "bad.txt").write_text("background\nsmoke\nrocket\n")  # no line for "sky"
     Image.fromarray(np.zeros((10, 10), np.uint8), "L").save(tmp_path / "small.png")
     cases = [
@@ -228,8 +226,8 @@ def test_evaluate_script_errors(bundle, voc, tmp_path):
         r = invoke(*base, *args)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "RANDOM" not in ln]
         assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], (args, r.stderr)
-        assert not out.exists()
+        assert not (tmp_path / "rep").exists()
     (voc / "lab" / "im1.png").write_bytes((tmp_path / "small.png").read_bytes())
     r = invoke(*base, "--class-names", voc / "names.txt")
     assert r.exit_code == 2 and "im1.jpg: image is 48x64 but its label map" in r.stderr
-    assert not out.exists()
+    assert not (tmp_path / "rep").exists()

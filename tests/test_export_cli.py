@@ -181,7 +181,7 @@ def test_download_failure_says_how_to_pass_a_file(tmp_path):
                https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
     r = subprocess.run([sys.executable, "-m", "clipxai.export.cli",
                         "--backbone", "ViT-B/16", "--pretrained", "laion2b_s34b_b88k", "--classes", "dog,cat",
-                        "-o", str(tmp_path / "b"), "--cache-dir", str(tmp_path / "cache")],
+                        "-o", str(tmp_path / "b"), "--weights-dir", str(tmp_path / "cache")],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 3
     err = r.stderr.strip().splitlines()

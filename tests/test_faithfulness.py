@@ -1,5 +1,5 @@
 """Deletion/insertion faithfulness: hand-computed AUCs on a synthetic classifier, the random baseline's
-reproducibility, and scripts/evaluate_explanations.py on tiny bundles (labels, skipped files, errors)."""
+reproducibility, and `clipxai evaluate faithfulness` on tiny bundles (labels, skipped files, errors)."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def test_unreadable_images_are_skipped_and_listed():
     assert r.images == 1 and r.skipped == [("bad.jpg", "cannot identify image file")]
 
 
-# --- the script on tiny bundles ---
+# --- clipxai evaluate faithfulness on tiny bundles ---
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
@@ -128,18 +128,16 @@ def image_folder(tmp_path):
     return folder
 
 
-def _script():
-    import importlib.util
-    path = Path(__file__).parent.parent / "scripts" / "evaluate_explanations.py"
-    spec = importlib.util.spec_from_file_location("evaluate_explanations", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _command():
+    """``clipxai evaluate faithfulness`` as a click command."""
+    from click.testing import CliRunner  # noqa: F401
+    from clipxai.cli.evaluate import evaluate
+    return lambda args: CliRunner().invoke(evaluate, ["faithfulness", *args])
 
 
 def test_script_reports_every_method(bundles, image_folder, tmp_path):
     out = tmp_path / "report"
-    r = CliRunner().invoke(_script().main, [*bundles, "--images", str(image_folder), "--out", str(out),
+    r = _command()([*bundles, "--images", str(image_folder), "--out", str(out),
                                             "--steps", "20", "--cal-gap", "5"])
     assert r.exit_code == 0, r.output
     rec = json.loads((out / "faithfulness.json").read_text())
@@ -158,12 +156,12 @@ def test_script_labels_file_and_unknown_class(bundles, image_folder, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("# image, class\nrocket/a.jpg,rocket\nsky/a.jpg\tsky\n")
     out = tmp_path / "r"
-    r = CliRunner().invoke(_script().main, [bundles[0], "--images", str(image_folder), "--labels", str(labels),
+    r = _command()([bundles[0], "--images", str(image_folder), "--labels", str(labels),
                                             "--out", str(out), "--steps", "10", "--cal-gap", "5", "--no-plot"])
     assert r.exit_code == 0, r.output
     assert json.loads((out / "faithfulness.json").read_text())["images"] == 2
     labels.write_text("rocket/a.jpg,rocket\nsky/a.jpg,zebra\n")
-    r = CliRunner().invoke(_script().main, [bundles[0], "--images", str(image_folder), "--labels", str(labels),
+    r = _command()([bundles[0], "--images", str(image_folder), "--labels", str(labels),
                                             "--out", str(tmp_path / "r2"), "--no-plot"])
     assert r.exit_code == 2 and "'zebra'" in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "r2").exists()

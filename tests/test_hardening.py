@@ -22,7 +22,7 @@ from PIL import Image
 from clipxai.common.files import sha256_file
 from clipxai.errors import BundleError, ClipxaiError
 from clipxai.runtime import Predictor, load_bundle
-from clipxai.runtime.cli.segment import main as segment_main
+from clipxai.cli.segment import main as segment_main
 from tiny import TINY
 
 ROOT = Path(__file__).parent.parent
@@ -275,31 +275,27 @@ def test_threads_are_bounded(bundles, tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_leaves_no_partial_file_and_prints_a_summary(copy, tmp_path, sig):
+    """The signal comes while the second image is being written (a gate, not a timer): the run ends after
+    it, with exactly those two images complete, a summary and exit 130."""
+    from helpers import gated_segment, signal_at_gate
     src = tmp_path / "in"
     src.mkdir()
-    big = Image.open(ROCKET).convert("RGB").resize((2560, 1708))  # slow enough to stop mid-run
-    for i in range(40):
-        big.save(src / f"img{i:02d}.png")
+    for i in range(6):
+        Image.open(ROCKET).convert("RGB").save(src / f"img{i:02d}.png")
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-c", "from clipxai.runtime.cli.segment import main; main()",
-                             str(copy()), str(src), "--out", str(out), "--batch-size", "1", "--providers", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    deadline = time.monotonic() + 120
-    while not list(out.glob("*.json")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=120)
+    proc = gated_segment("clipxai.apps.segment.writer:ResultWriter.write", 2, tmp_path / "gate",
+                         [copy(), src, "--out", out, "--batch-size", 4, "--providers", "cpu"])
+    stdout, stderr = signal_at_gate(proc, tmp_path / "gate", sig)
     assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr and "interrupted:" in stderr and "nothing partial was left" in stderr
-    done = int(re.search(r"interrupted: (\d+) images? written", stderr).group(1))
-    assert 1 <= done < 40
+    assert "Traceback" not in stderr and "interrupted: 2 images written" in stderr
+    assert "4 not processed" in stderr and "nothing partial was left" in stderr
     assert not [p for p in out.rglob("*") if ".partial-" in p.name]
     jsons = sorted(p.name[:-5] for p in out.glob("*.json"))
-    assert len(jsons) == done
+    assert jsons == ["img00", "img01"]
     for stem in jsons:  # every image written is complete; none half
         assert (out / f"{stem}_segmentation.png").is_file()
         assert len(list(out.glob(f"{stem}_heatmap_*.png"))) == len(CLASSES)
-    assert len(list(out.glob("*_segmentation.png"))) == done
+    assert len(list(out.glob("*_segmentation.png"))) == 2
 
 
 def test_overlays_of_a_large_image_need_no_full_size_float_arrays(copy):

@@ -1,5 +1,6 @@
-"""The layout shows the architecture: every module imports, clipxai's imports form no cycle, and the
-torch-free half (runtime, common, eval and the shared modules) never reaches the torch half."""
+"""The layout shows the architecture: every module imports, clipxai's imports form no cycle, the
+torch-free half (runtime, apps, cli, common, eval and the shared modules) never reaches the torch half,
+only the commands import click, and no function outside a click command takes more than 8 parameters."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ import clipxai
 PACKAGE = Path(clipxai.__file__).parent
 TORCH_SIDE = ("clipxai.export", "clipxai.models")
 TORCH_PACKAGES = {"torch", "torchvision", "open_clip", "onnx_graphsurgeon", "timm"}
+# The command layer: clipxai/cli and the exporter's two command modules (they live beside the torch code
+# they call, and import it only when they run).
+COMMAND_MODULES = ("clipxai.cli", "clipxai.export.cli", "clipxai.export.sam_cli")
+MAX_PARAMETERS = 8
 
 
 def _modules() -> list[str]:
@@ -74,7 +79,40 @@ def test_the_torch_free_half_never_reaches_the_torch_half():
             stack.extend(graph[m][0])
 
 
-def test_runtime_sub_packages_by_concern():
+def test_only_the_commands_import_click():
+    """The library (runtime, apps, cluster, export pipeline) reports through a Reporter; the runtime
+    above all never imports click."""
+    users = {m for m in _modules() if "click" in _imports(m)[1]}
+    assert users, "no command imports click?"
+    assert not {m for m in users if m.startswith("clipxai.runtime")}, "the runtime imports click"
+    assert not {m for m in users if not m.startswith(COMMAND_MODULES)}, users
+
+
+def test_only_the_commands_handle_signals():
+    """Ctrl-C and SIGTERM become a stop request in the command (clipxai/cli/console.py); the library
+    only checks the stop event it is given."""
+    users = {m for m in _modules() if "signal" in _imports(m)[1]}
+    assert not {m for m in users if not m.startswith(COMMAND_MODULES)}, users
+
+
+def test_no_function_outside_a_command_takes_more_than_8_parameters():
+    too_many = []
+    for m in _modules():
+        for node in ast.walk(ast.parse(_path(m).read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if any("command" in ast.unparse(d) or "group" in ast.unparse(d) for d in node.decorator_list):
+                continue  # a click command: one parameter per flag
+            a = node.args
+            names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+            if len(names) > MAX_PARAMETERS:
+                too_many.append(f"{m}.{node.name}: {len(names)}")
+    assert not too_many, too_many
+
+
+def test_packages_by_concern():
     runtime = PACKAGE / "runtime"
-    assert {p.name for p in runtime.iterdir() if (p / "__init__.py").exists()} >= {"text", "cpu", "nvidia", "cli"}
+    assert {p.name for p in runtime.iterdir() if (p / "__init__.py").exists()} >= {"text", "cpu", "nvidia", "backends"}
+    assert not (runtime / "cli").exists() and (PACKAGE / "cli" / "main.py").exists()
+    assert {p.name for p in (PACKAGE / "apps").iterdir() if (p / "__init__.py").exists()} >= {"segment", "evaluate"}
     assert not (runtime / "evaluation.py").exists() and (PACKAGE / "eval" / "segmentation.py").exists()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import reference as ref
+from clipxai.models import reference as ref
 from clipxai.errors import ClipxaiError
 from clipxai.runtime.postprocess import resize_bilinear, segment
 from clipxai.runtime.preprocess import open_image, preprocess, to_rgb

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-import reference as ref
+from clipxai.models import reference as ref
 from clipxai.errors import BundleError, ClipxaiError
 from clipxai.runtime import Predictor, load_bundle
 from tiny import TINY, TINY_HEADS, TINY_SURGERY_BLOCKS

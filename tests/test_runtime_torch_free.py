@@ -31,9 +31,9 @@ SCRIPT = textwrap.dedent("""
 
     sys.meta_path.insert(0, Block())
     from clipxai.runtime import Predictor
-    from clipxai.runtime.cli.segment import main
+    from clipxai.cli.segment import main
     # the NVIDIA kit's modules import, and the trtexec mapping reads the graph, without torch or onnx
-    from clipxai.runtime import latency, onnx_wire, sessions  # noqa: F401
+    from clipxai.runtime import backends, latency, onnx_wire  # noqa: F401
     from clipxai.runtime.nvidia import engine_cache, gpu_info, iobinding, tensorrt_backend, trt_args  # noqa: F401
     from clipxai.runtime.bundle import load_bundle
     b = load_bundle(sys.argv[1])
@@ -97,19 +97,19 @@ TEXT_SCRIPT = textwrap.dedent("""
 
     sys.meta_path.insert(0, Block())
     from clipxai.runtime import Predictor
-    from clipxai.runtime.cli.segment import main
+    from clipxai.cli.segment import main
     from clipxai.runtime.text.tokenizer import tokenize
     ids = tokenize(["a photo of a red mug."], vocab_path=sys.argv[1] + "/bpe_simple_vocab_16e6.txt.gz")
     p = Predictor.from_bundle(sys.argv[1], providers="cpu")
     p.set_classes(["red mug", "table"], cache=sys.argv[4])
     pred = p.predict(sys.argv[2])
     try:
-        main([sys.argv[1], sys.argv[2], "--out", sys.argv[3], "--classes", "cup,chair", "--text-cache", sys.argv[4]],
+        main([sys.argv[1], sys.argv[2], "--out", sys.argv[3], "--classes", "cup,chair", "--cache-dir", sys.argv[4]],
              standalone_mode=False)
     except SystemExit as e:
         assert not e.code, e.code
     words = p.explain_text(sys.argv[2], "a red mug on a table").words()
-    from clipxai.runtime.cli.explain import main as explain
+    from clipxai.cli.explain import main as explain
     import clipxai.eval.faithfulness, clipxai.eval.explanations  # noqa: F401
     try:
         explain([sys.argv[1], sys.argv[2], "--text", "a red mug", "--out", sys.argv[3] + "/x"], standalone_mode=False)

@@ -12,11 +12,13 @@ from click.testing import CliRunner
 from PIL import Image
 from torchvision import transforms as T
 
-import reference as ref
+from clipxai.models import reference as ref
 from clipxai.errors import ClipxaiError
 from clipxai.runtime import Predictor, load_bundle
-from clipxai.runtime.cli.segment import main as segment_main
-from clipxai.runtime.postprocess import DENSE_MAX, points_from_map, resize_bilinear, resize_matrix, segment
+from clipxai.cli.segment import main as segment_main
+from clipxai.runtime.postprocess import (
+    DENSE_MAX, Thresholds, points_from_map, resize_bilinear, resize_matrix, segment,
+)
 from clipxai.runtime.sliding import window_offsets
 from tiny import TINY, TINY_HEADS, TINY_SURGERY_BLOCKS
 
@@ -183,7 +185,7 @@ def test_bad_segmentation_options(predictor, kwargs, message):
 def test_segment_on_a_rectangular_grid_and_its_probability():
     rng = np.random.default_rng(5)
     sim = rng.normal(size=(6 * 9, 3)).astype(np.float32)  # grid 6 x 9, row-major
-    got = segment(sim, (6, 9), 50, 70, logit_scale=3.0, prob_threshold=0.6, background=[2])
+    got = segment(sim, (6, 9), 50, 70, thresholds=Thresholds(logit_scale=3.0, prob_threshold=0.6, background=(2,)))
     up = F.interpolate(torch.from_numpy(sim.T.reshape(1, 3, 6, 9).copy()), (50, 70), mode="bilinear",
                        align_corners=False)[0]
     p = (3.0 * up).softmax(0)
@@ -213,7 +215,8 @@ def test_segment_on_a_large_grid_matches_torch():
     rng = np.random.default_rng(6)
     sim = rng.normal(size=(80 * 90, 5)).astype(np.float32)
     heat = rng.random((5, 80, 90)).astype(np.float32)
-    got = segment(sim, (80, 90), 97, 111, heatmaps_grid=heat, background_threshold=0.5, rows_per_chunk=13)
+    got = segment(sim, (80, 90), 97, 111, heatmaps_grid=heat, thresholds=Thresholds(background_threshold=0.5),
+                  rows_per_chunk=13)
     up = F.interpolate(torch.from_numpy(sim.T.reshape(1, 5, 80, 90).copy()), (97, 111), mode="bilinear",
                        align_corners=False)[0]
     hu = F.interpolate(torch.from_numpy(heat)[None], (97, 111), mode="bilinear", align_corners=False)[0]
@@ -246,13 +249,12 @@ def test_cli_slide_and_segmentation_flags(bundle, tmp_path, predictor):
     r = invoke(bundle, ROCKET, "--out", out, "--slide", 16, "--short-side", 48, "--no-overlays",
                "--logit-scale", 40, "--prob-threshold", 0.5, "--background-classes", "sky,tree")
     assert r.exit_code == 0, r.output
+    from clipxai.runtime.visualize import BANNER_HEIGHT, segmentation_image, stamp
     seg = Image.open(out / "rocket_segmentation.png")
-    assert seg.height == 427
+    assert seg.height == 427 + BANNER_HEIGHT  # the random-weights banner: a strip above the picture
     p = Predictor.from_bundle(bundle)
     want = p.predict_slide(ROCKET, 16, 48).segment(40.0, 0.5, ["sky", "tree"])
-    from clipxai.runtime.visualize import segmentation_image, stamp
-    ref_pic = stamp(segmentation_image(Image.open(ROCKET).convert("RGB"), want, CLASSES),
-                    "RANDOM WEIGHTS - not a real result")
+    ref_pic = stamp(segmentation_image(Image.open(ROCKET).convert("RGB"), want, CLASSES))
     assert np.array_equal(np.asarray(seg), np.asarray(ref_pic))
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import reference as ref
+from clipxai.models import reference as ref
 from clipxai.contract import BPE_VOCAB_FILE, INPUT_REDUNDANCY, INPUT_TEXT, TEXT_ENCODER_FILE
 from clipxai.errors import ClipxaiError
 from clipxai.runtime import Predictor
@@ -218,10 +218,10 @@ def test_swapped_or_scaled_text_cache_entries_are_never_used(te_bundle, tmp_path
 
 
 def test_segment_cli_names_any_class_with_a_text_encoder_bundle(te_bundle, tmp_path):
-    from clipxai.runtime.cli.segment import main
+    from clipxai.cli.segment import main
     out = tmp_path / "out"
     r = CliRunner().invoke(main, [str(te_bundle), str(ROCKET), "--out", str(out), "--classes", "red mug,dragon",
-                                  "--text-cache", str(tmp_path / "c"), "--no-overlays"], catch_exceptions=False)
+                                  "--cache-dir", str(tmp_path / "c"), "--no-overlays"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     rec = json.loads((out / "rocket.json").read_text())
     assert set(rec["scores"]) == {"red mug", "dragon"}
@@ -229,7 +229,7 @@ def test_segment_cli_names_any_class_with_a_text_encoder_bundle(te_bundle, tmp_p
 
 
 def test_segment_cli_unknown_class_without_text_encoder_says_how_to_export(baked3, tmp_path):
-    from clipxai.runtime.cli.segment import main
+    from clipxai.cli.segment import main
     r = CliRunner().invoke(main, [str(baked3), str(ROCKET), "--out", str(tmp_path / "o"), "--classes", "sky,dragon"])
     assert r.exit_code == 2
     assert "'dragon' is not in the bundle" in r.stderr and "--text-encoder" in r.stderr

@@ -19,8 +19,9 @@ from PIL import Image
 
 from clipxai.errors import ClipxaiError
 from clipxai.runtime import Predictor
-from clipxai.runtime.cli.segment import main as segment_main
+from clipxai.cli.segment import main as segment_main
 from clipxai.runtime.video.sources import VideoError
+from clipxai.runtime.visualize import BANNER_HEIGHT
 from tiny import TINY
 
 CLASSES = ["sky", "box", "grass"]
@@ -161,7 +162,7 @@ def test_stopping_early_leaves_no_thread_and_closes_the_decoder(predictor, video
     assert not _stream_threads()
 
 
-def test_a_truncated_video_gives_its_frames_then_says_where_it_stopped(predictor, tmp_path):
+def test_a_truncated_video_gives_its_frames_then_says_where_it_stopped(predictor, bundle, tmp_path):
     path = make_video(tmp_path / "cut.mp4", n=30, w=64, h=48, codec="h264")
     data = path.read_bytes()
     cut = tmp_path / "cut-mid.mkv"
@@ -169,12 +170,13 @@ def test_a_truncated_video_gives_its_frames_then_says_where_it_stopped(predictor
     blob = cut.read_bytes()
     cut.write_bytes(blob[: len(blob) * 2 // 3])
     got = []
-    try:
+    with pytest.raises(VideoError) as e:  # no decode error: the short read itself is reported
         for pred in predictor.stream(cut):
             got.append(pred.frame_index)
-    except VideoError as e:
-        assert e.stopped_at == len(got) and "stopped at frame" in str(e)
+    assert e.value.stopped_at == len(got) and "stopped at frame" in str(e.value) and "ends early" in str(e.value)
     assert 5 <= len(got) < 30
+    r = CliRunner().invoke(segment_main, [str(bundle), str(cut), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "ends early" in r.stderr and f"{len(got)} frames -> cut-mid_segmentation.mp4" in r.stderr
     # a cut mp4 loses its index: not readable at all, one line
     (tmp_path / "head.mp4").write_bytes(data[: len(data) // 3])
     with pytest.raises(VideoError, match="not a readable video|has no frames|cannot decode"):
@@ -206,6 +208,10 @@ def test_bad_video_inputs_are_one_line_errors(predictor, tmp_path, monkeypatch):
         streams = type("S", (), {"video": [type("V", (), {"thread_type": None, "time_base": None})()]})()
 
         def decode(self, stream):
+            raise av.error.DecoderNotFoundError(0, "no decoder for this codec")
+            yield
+
+        def demux(self, stream):
             raise av.error.DecoderNotFoundError(0, "no decoder for this codec")
             yield
 
@@ -255,7 +261,7 @@ def test_segment_cli_writes_a_playable_video_and_json_lines(bundle, video, tmp_p
     assert lines[1]["timestamp"] == pytest.approx(2 / 12) and lines[0]["top_class"] in CLASSES
     with av.open(str(out / "clip_segmentation.mp4")) as c:
         s = c.streams.video[0]
-        assert (s.width, s.height) == (66, 48)  # padded to even sides for H.264
+        assert (s.width, s.height) == (66, 48 + BANNER_HEIGHT)  # banner strip above; even sides for H.264
         assert sum(1 for _ in c.decode(video=0)) == 10 and abs(float(s.average_rate) - 6) < 0.01
     r = CliRunner().invoke(segment_main, [str(bundle), str(video), "--out", str(out), "--heatmap", "box"])
     assert r.exit_code == 0 and (out / "clip_heatmap_box.mp4").is_file()
@@ -276,7 +282,7 @@ def test_a_broken_video_among_others_is_listed_and_the_rest_written(bundle, vide
 
 
 def test_frames_that_change_size_are_scaled_in_the_output_video(tmp_path):
-    from clipxai.runtime.video.segment import VideoWriter
+    from clipxai.runtime.video.output import VideoWriter
     w = VideoWriter(tmp_path / "v.mp4", 10)
     for size in ((40, 30), (40, 30), (20, 24), (40, 30)):
         w.write(Image.new("RGB", size, (200, 10, 10)))
@@ -287,18 +293,17 @@ def test_frames_that_change_size_are_scaled_in_the_output_video(tmp_path):
 
 
 def test_sigint_finishes_the_output_video_cleanly(bundle, tmp_path):
-    long = make_video(tmp_path / "long.mp4", n=3000, w=96, h=64, codec="h264", rate=30)
+    """Ctrl-C while the 5th frame is written (a gate, not a timer): the video is closed with those 5
+    frames, playable, with their 5 JSON lines, exit 130."""
+    from helpers import gated_segment, signal_at_gate
+    long = make_video(tmp_path / "long.mp4", n=60, w=96, h=64, codec="h264", rate=30)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-c", "from clipxai.runtime.cli.segment import main; main()",
-                             str(bundle), str(long), "--out", str(out), "--providers", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    time.sleep(6)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    proc = gated_segment("clipxai.runtime.video.output:VideoWriter.write", 5, tmp_path / "gate",
+                         [bundle, long, "--out", out, "--providers", "cpu", "--frames-per-batch", 1])
+    stdout, stderr = signal_at_gate(proc, tmp_path / "gate", signal.SIGINT)
     assert proc.returncode == 130, stderr
     assert "interrupted: 1 video written" in stderr and "Traceback" not in stderr
-    frames = int(re.search(r"(\d+) frames -> long_segmentation.mp4", stderr).group(1))
-    assert 0 < frames < 3000
-    assert len(decoded(out / "long_segmentation.mp4")) == frames  # closed properly: every frame plays
-    assert len((out / "long.jsonl").read_text().splitlines()) == frames
+    assert "5 frames -> long_segmentation.mp4" in stderr
+    assert len(decoded(out / "long_segmentation.mp4")) == 5  # closed properly: every frame plays
+    assert len((out / "long.jsonl").read_text().splitlines()) == 5
     assert not [p for p in out.iterdir() if ".partial-" in p.name]

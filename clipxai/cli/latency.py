@@ -1,4 +1,4 @@
-"""``python -m clipxai.runtime.cli.latency BUNDLE``: the latency split of a bundle on this machine
+"""``python -m clipxai.cli.latency BUNDLE``: the latency split of a bundle on this machine
 (clipxai/runtime/latency.py), as a markdown table. jetson/benchmark.sh runs it."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from clipxai.common.cli import cli_errors
+from clipxai.cli.console import cli_errors
 from clipxai.runtime.latency import TABLE_HEADER, benchmark, describe_device, format_rows
 
 
@@ -30,15 +30,15 @@ def main(bundle, image, backend, providers, trt_fp16, batches, runs, warmup, pow
     from PIL import Image
 
     from clipxai.runtime.predictor import Predictor
-    from clipxai.runtime.sessions import NvidiaOptions
+    from clipxai.runtime.backends import NvidiaOptions
     with cli_errors():
         p = Predictor.from_bundle(bundle, providers=providers,
                                   nvidia=NvidiaOptions(backend=backend, trt_fp16=trt_fp16))
         if image is None:
-            rocket = Path(__file__).resolve().parents[3] / "examples" / "rocket.jpg"
+            rocket = Path(__file__).resolve().parents[2] / "examples" / "rocket.jpg"
             image = str(rocket) if rocket.is_file() else Image.new("RGB", (640, 480), (128, 128, 128))
         rows = benchmark(p, image, batches, runs, warmup)
-    precision = p.bundle.manifest["precision"] + ("->fp16 engine" if trt_fp16 else "")
+    precision = p.bundle.precision + ("->fp16 engine" if trt_fp16 else "")
     meta = {"device": describe_device(p), "power_mode": power_mode,
             "backend": p.provider if backend == "onnxruntime" else "tensorrt (native)",
             "precision": precision, "image_size": p.bundle.image_size}

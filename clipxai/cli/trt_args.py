@@ -1,13 +1,13 @@
-"""``python -m clipxai.runtime.cli.trt_args BUNDLE``: trtexec arguments for jetson/build_engine.sh
+"""``python -m clipxai.cli.trt_args BUNDLE``: trtexec arguments for jetson/build_engine.sh
 (clipxai/runtime/nvidia/trt_args.py)."""
 
 from __future__ import annotations
 
 import click
 
-from clipxai.common.cli import cli_errors
+from clipxai.cli.console import cli_errors
 from clipxai.runtime.nvidia import engine_cache
-from clipxai.runtime.nvidia.trt_args import emit
+from clipxai.runtime.nvidia.trt_args import EngineRequest, emit
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,8 +32,9 @@ def main(bundle, precision, min_batch, opt_batch, max_batch, fp32_layers, engine
          gpu_label):
     """Print trtexec arguments for BUNDLE, or the engine folder for this machine's key."""
     with cli_errors():
-        click.echo(emit(bundle, emit_what, precision, min_batch, opt_batch, max_batch, fp32_layers, engine_root,
-                        trt_version, gpu_label, graph))
+        request = EngineRequest(precision, min_batch, opt_batch, max_batch, fp32_layers, engine_root, trt_version,
+                                gpu_label, graph)
+        click.echo(emit(bundle, emit_what, request))
 
 
 if __name__ == "__main__":

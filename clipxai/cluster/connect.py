@@ -37,8 +37,8 @@ def resolve_address(address: str | None) -> str | None:
     if address in (None, LOCAL):
         return os.environ.get("RAY_ADDRESS") or None
     if Path(address).exists():
-        raise ClipxaiError(f"--ray {address}: that is a file or folder, not a cluster address; put --ray after "
-                           "the inputs, or write --ray local")
+        raise ClipxaiError(f"--ray-address {address}: that is a file or folder, not a cluster address "
+                           "(HOST:PORT, ray://HOST:PORT or auto)")
     return address
 
 
@@ -49,7 +49,7 @@ def probe(address: str) -> None:
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise ClipxaiError(f"--ray {address}: expected HOST:PORT, ray://HOST:PORT or auto")
+        raise ClipxaiError(f"--ray-address {address}: expected HOST:PORT, ray://HOST:PORT or auto")
     try:
         with socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S):
             pass

@@ -2,9 +2,10 @@
 
 Root: the ``cache_dir`` argument, else ``$CLIPXAI_CACHE_DIR``, else the user
 cache folder of the platform (``platformdirs``: ``$XDG_CACHE_HOME/clipxai`` or
-``~/.cache/clipxai`` on Linux); ``~`` is expanded in every case. Each cache
-keeps a subfolder: ``graphs`` (CPU graph cache), ``text`` (class encodings),
-``engines`` (TensorRT engines).
+``~/.cache/clipxai`` on Linux); ``~`` is expanded in every case. Each of the
+four caches keeps a subfolder: ``graphs`` (CPU graph cache), ``text`` (class
+encodings), ``engines`` (TensorRT engines), ``verified`` (verification stamps
+of bundles, clipxai/runtime/stamps.py).
 
 Permission rule (as ssh treats ``~/.ssh``): cache folders are created ``0700``
 and files ``0600``; a folder that is not owned by the current user, or that
@@ -88,3 +89,33 @@ def report_once(key: str, message: str, *args) -> None:
         return
     _reported.add(key)
     log.warning(message, *args)
+
+
+# The caches under the root: subfolder -> what it keeps (``clipxai cache clear`` removes these).
+CACHES = {
+    "graphs": "CPU graph cache: onnxruntime's optimized graphs",
+    "text": "class encodings made on the device",
+    "engines": "TensorRT engines",
+    "verified": "verification stamps of bundles",
+}
+
+
+def clear_caches(root: Path, keep: tuple[str, ...] = ()) -> list[tuple[str, Path, int, str]]:
+    """Remove every cache subfolder of ``root`` except those in ``keep``; per cache (name, folder, bytes
+    freed, what happened: "removed", "absent", "kept", or why it was left alone). A symbolic link is
+    never followed: it is reported, not removed."""
+    import shutil
+    results = []
+    for name in CACHES:
+        folder = root / name
+        if name in keep:
+            results.append((name, folder, 0, "kept"))
+        elif folder.is_symlink():
+            results.append((name, folder, 0, "left alone: a symbolic link, not a cache folder"))
+        elif not folder.exists():
+            results.append((name, folder, 0, "absent"))
+        else:
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+            shutil.rmtree(folder, ignore_errors=True)
+            results.append((name, folder, size, "removed" if not folder.exists() else "could not be removed"))
+    return results

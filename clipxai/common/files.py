@@ -34,6 +34,22 @@ def stat_fingerprint(path: str | Path) -> list[int]:
     return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
+class FileChangedError(OSError):
+    """A file that kept changing while it was being hashed: no digest vouches for it."""
+
+
+def sha256_steady(path: str | Path, tries: int = 3) -> tuple[str, list[int]]:
+    """(hex sha256, stat fingerprint) of a file, the fingerprint taken *before* the hash and checked
+    after it, so it vouches only for the bytes that were hashed. A file that changed meanwhile is
+    hashed again (``tries`` times in all), then FileChangedError."""
+    for _ in range(tries):
+        before = stat_fingerprint(path)
+        digest = sha256_file(path)
+        if stat_fingerprint(path) == before:
+            return digest, before
+    raise FileChangedError(f"{path}: changed while it was being hashed (is something writing it?)")
+
+
 def temporary_name(path: str | Path) -> Path:
     """A unique hidden sibling of ``path``: ``.<name>.partial-<pid>-<8 hex>``."""
     path = Path(path)
@@ -143,3 +159,43 @@ def remove_orphans(folder: str | Path, prefix: str = "") -> list[Path]:
                 p.unlink()
         removed.append(p)
     return removed
+
+
+def prepare_output_dir(out_dir: str | Path) -> Path:
+    """Create a results folder and prove it writable, else a one-line ClipxaiError naming --out."""
+    import tempfile
+
+    from clipxai.errors import ClipxaiError
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".clipxai-write-test-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ClipxaiError(f"cannot write results to {out} ({e.strerror or e}); choose a writable --out folder")
+    return out
+
+
+OUTPUT_LOCK = ".clipxai-run.lock"  # in a results folder while a run writes to it
+
+
+@contextlib.contextmanager
+def exclusive_output(out_dir: str | Path) -> Iterator[None]:
+    """Hold ``out_dir``'s run lock for the block: a second clipxai run writing to the same folder at
+    the same time is refused with a one-line ClipxaiError (never two runs overwriting each other)."""
+    from filelock import FileLock, Timeout
+
+    from clipxai.errors import ClipxaiError
+    path = Path(out_dir) / OUTPUT_LOCK
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ClipxaiError(f"another clipxai run is writing to {out_dir}; wait for it to end or choose "
+                           "another --out") from None
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still held: no other run can be holding this file
+        lock.release()

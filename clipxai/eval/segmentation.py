@@ -238,7 +238,7 @@ def image_confusion(predict: Callable[[Path], np.ndarray], img: Path, lab_path: 
 
 
 class ImageSkipped(Exception):
-    """An image that could not be read: left out and listed, as clipxai-segment does."""
+    """An image that could not be read: left out and listed, as clipxai segment does."""
 
 
 def confusion_of(pairs, predict, mapping: np.ndarray, num_classes: int, reduce_zero_label: bool = False,

@@ -338,7 +338,7 @@ def select(work: Path, layers: list[Layer], groups: list[Group],
 
 
 def report_table(sel: Selection) -> list[str]:
-    """The per-layer table ``clipxai-export --report`` prints (markdown)."""
+    """The per-layer table ``clipxai export --report`` prints (markdown)."""
     kept = set(sel.kept_fp32)
     groups = {g.index: g for g in sel.groups}
     lines = ["| layer | group | weight | MFLOP | local error | group alone: correlation | pixel agreement | "

@@ -15,10 +15,8 @@ from torch import nn
 import clipxai
 from clipxai.contract import (
     INPUT_IMAGE, INPUT_REDUNDANCY, INPUT_TEXT, OUTPUT_EMBEDDING, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY,
-    OUTPUTS,
+    MIN_OPSET, OUTPUTS,
 )
-
-MIN_OPSET = 17
 
 
 def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET,

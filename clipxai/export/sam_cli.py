@@ -1,4 +1,4 @@
-"""``clipxai-export-sam``: parse options, call ``export_mask_bundle``, report."""
+"""``clipxai export-sam``: parse options into a ``SamExportConfig``, call ``export_mask_bundle``, report."""
 
 from __future__ import annotations
 
@@ -6,34 +6,58 @@ from pathlib import Path
 
 import click
 
-from clipxai.common.cli import cli_errors
-from clipxai.contract import PRECISIONS
+from clipxai.cli import options as opt
+from clipxai.cli.console import ConsoleReporter, cli_errors
+from clipxai.export.cli import bundle_folder, export_extra
+from clipxai.contract import DEFAULT_PRECISION, MIN_OPSET, PRECISIONS
+from clipxai.errors import ClipxaiError
 from clipxai.mask_models import MASK_MODEL_TABLE, RECOMMENDED
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=opt.COMMAND, epilog="Exit status: 0 done, 2 bad input or failed verification, "
+               "130 interrupted. No partial bundle is ever left at --out.")
 @click.option("--model", required=True, metavar="NAME",
               help=f"One of {', '.join(m.name for m in MASK_MODEL_TABLE)} ({RECOMMENDED}: the edge choice).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="The model's weights: the official .pth/.pt file, or .safetensors (read without running code).")
-@click.option("--output", "-o", required=True, type=click.Path(), help="Bundle directory to create.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+@opt.out_dir(help="Bundle directory to create.", required=False)
+@opt.hidden_alias("--output", "out")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION, show_default=True,
               help="The image encoder's precision: int8 for CPUs, fp16 for GPUs; refused below mean mask IoU 0.95 "
                    "against fp32 (unless --force).")
 @click.option("--fidelity-images", type=click.Path(exists=True, file_okay=False), default=None,
               help="Your own images for the int8/fp16 check [default: synthetic scenes].")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--force", is_flag=True, help="Write an int8/fp16 encoder even if it fails the IoU gate.")
 @click.option("--no-verify", is_flag=True, help="Skip the check against the package's PyTorch predictor.")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
-def main(model, checkpoint, output, precision, fidelity_images, overwrite, force, no_verify, opset):
-    """Export SAM or SAM 2.1 as a mask-model bundle for clipxai-segment --sam and MaskPredictor.
-
-    Exit status: 0 done, 2 bad input or failed verification, 130 interrupted. No partial bundle is
-    ever left at --output.
-    """
+@click.option("--opset", type=int, default=MIN_OPSET, show_default=True, help=f"ONNX opset ({MIN_OPSET} or newer).")
+def export_sam(model, checkpoint, out_dir, precision, fidelity_images, overwrite, force, no_verify, opset):
+    """Export SAM or SAM 2.1 as a mask-model bundle for `clipxai segment --sam` and MaskPredictor."""
     with cli_errors(interrupted="interrupted: no bundle written"):
-        result = run(model, checkpoint, output, precision, fidelity_images, overwrite, force, no_verify, opset)
+        out = bundle_folder(out_dir)
+        images = _fidelity_images(model, fidelity_images)  # before the slow imports: errors stay fast
+        with export_extra():
+            from clipxai.export.sam import SamExportConfig, export_mask_bundle
+        cfg = SamExportConfig(model=model, checkpoint=Path(checkpoint) if checkpoint else None, output=out,
+                              precision=precision, overwrite=overwrite, force=force, verify=not no_verify,
+                              opset=opset, fidelity_images=images)
+        result = export_mask_bundle(cfg, ConsoleReporter())
+    report(result)
+
+
+def _fidelity_images(model: str, folder: str | None):
+    """The fidelity images of ``folder`` (None: synthetic scenes); an unknown model or an empty folder
+    is a one-line error."""
+    from clipxai.common.images import image_files
+    from clipxai.mask_models import resolve_mask_model
+    resolve_mask_model(model)
+    images = image_files(folder) if folder else None
+    if folder and not images:
+        raise ClipxaiError(f"--fidelity-images {folder}: no images in it")
+    return images
+
+
+def report(result) -> None:
     v, f = result.verification, result.manifest.get("fidelity")
     click.echo(f"bundle: {result.path}  ({result.bytes / 2 ** 20:.1f} MB)")
     click.echo(f"digest: {result.digest}  (sha256 of manifest.json)")
@@ -49,24 +73,7 @@ def main(model, checkpoint, output, precision, fidelity_images, overwrite, force
     click.echo(f"time: {result.seconds:.1f} s")
 
 
-def run(model, checkpoint, output, precision, fidelity_images, overwrite, force, no_verify, opset):
-    from clipxai.common.images import image_files
-    from clipxai.errors import ClipxaiError
-    from clipxai.mask_models import resolve_mask_model
-    resolve_mask_model(model)  # an unknown name fails before the slow imports
-    try:
-        from clipxai.export.sam import SamExportConfig, export_mask_bundle
-        from clipxai.export.cli import ClickReporter
-    except ImportError as e:
-        raise ClipxaiError(f"the exporter needs the export extra ({e.name} is missing): pip install \"clipxai[export]\"")
-    images = image_files(fidelity_images) if fidelity_images else None
-    if fidelity_images and not images:
-        raise ClipxaiError(f"--fidelity-images {fidelity_images}: no images in it")
-    cfg = SamExportConfig(model=model, checkpoint=Path(checkpoint) if checkpoint else None, output=Path(output),
-                          precision=precision, overwrite=overwrite, force=force, verify=not no_verify, opset=opset,
-                          fidelity_images=images)
-    return export_mask_bundle(cfg, ClickReporter())
-
+main = export_sam  # the clipxai-export-sam alias
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    export_sam()

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from clipxai.contract import DEFAULT_EXPLAINER_BLOCKS
 from torch import nn
 
 from clipxai.errors import ClipxaiError
@@ -35,7 +37,7 @@ from clipxai.models.attention import plain_block
 from clipxai.models.grad_eclip import activation_grad, layer_norm_grad
 
 # The reference explains with the last 8 text blocks (grad_eclip_text.ipynb: clip_encode_text_dense(n=8)).
-DEFAULT_BLOCKS = 8
+DEFAULT_BLOCKS = DEFAULT_EXPLAINER_BLOCKS
 
 
 def _row(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Latency split of the runtime: preprocessing, host-to-device, compute, device-to-host, postprocessing.
 
-    python -m clipxai.runtime.cli.latency BUNDLE --providers cuda --batch 1 --batch 4 --runs 50
+    python -m clipxai.cli.latency BUNDLE --providers cuda --batch 1 --batch 4 --runs 50
 
 Every phase uses the functions ``Predictor._run`` uses, on the Predictor's own
 session: ``open_image`` + ``preprocess`` into a batch buffer; the session's
@@ -29,7 +29,6 @@ OUTPUTS = [OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS]
 
 def time_batch(predictor, images: list) -> dict:
     """One batch through the Predictor's pipeline, phase by phase (ms; None where not applicable)."""
-    from clipxai.runtime.predictor import Prediction
     from clipxai.runtime.preprocess import open_image, preprocess
     b, s = predictor.bundle, predictor.bundle.image_size
     t0 = time.perf_counter()
@@ -47,7 +46,7 @@ def time_batch(predictor, images: list) -> dict:
         copy = {"h2d_ms": None, "compute_ms": (time.perf_counter() - tc) * 1e3, "d2h_ms": None}
     t2 = time.perf_counter()
     for i, im in enumerate(pil):
-        pred = Prediction(predictor.classes, sim[i], scores[i], maps[i], (im.height, im.width), predictor.background_threshold)
+        pred = predictor.prediction(sim[i], scores[i], maps[i], (im.height, im.width))
         _ = pred.heatmaps, pred.segmentation
     t3 = time.perf_counter()
     return {"pre_ms": (t1 - t0) * 1e3, **copy, "post_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}

@@ -128,24 +128,36 @@ class RowUpsampler:
 
 
 @blas_single_thread()
+@dataclass(frozen=True)
+class Thresholds:
+    """When ``segment`` marks a pixel background (-1), with classes as indices:
+
+    - background_threshold (in [0, 1]): the winning class's upsampled heatmap is below it
+      (``segment`` then needs heatmaps_grid);
+    - prob_threshold (in [0, 1]): the winning class's probability ``softmax(logit_scale · s)``
+      over the K classes of the upsampled similarity s is below it (logit_scale then required;
+      the argmax does not depend on it);
+    - background: the winning class is one of these class indices.
+    """
+
+    background_threshold: float | None = None
+    logit_scale: float | None = None
+    prob_threshold: float | None = None
+    background: tuple[int, ...] = ()
+
+
 def segment(similarity: np.ndarray, grid: int | tuple[int, int], height: int, width: int,
-            heatmaps_grid: np.ndarray | None = None, background_threshold: float | None = None,
-            rows_per_chunk: int = 256, logit_scale: float | None = None, prob_threshold: float | None = None,
-            background: Sequence[int] = ()) -> np.ndarray:
-    """Argmax over classes of the similarity upsampled to the image -> int32 [H, W].
+            heatmaps_grid: np.ndarray | None = None, thresholds: Thresholds = Thresholds(),
+            rows_per_chunk: int = 256) -> np.ndarray:
+    """Argmax over classes of the similarity upsampled to the image -> int32 [H, W], -1 where
+    ``thresholds`` say background.
 
     similarity: [N, K] similarity on a grid of N = gh·gw cells (row-major);
-    ``grid`` is g (square) or (gh, gw). Pixels are set to -1 (background) when:
-
-    - background_threshold (in [0, 1]): the winning class's upsampled heatmap
-      (heatmaps_grid [K, gh, gw], then required) is below it;
-    - prob_threshold (in [0, 1]): the winning class's probability
-      ``softmax(logit_scale · s)`` over the K classes of the upsampled similarity
-      s is below it (logit_scale then required; the argmax does not depend on it);
-    - the winning class is one of the class indices in ``background``.
-
+    ``grid`` is g (square) or (gh, gw). heatmaps_grid: [K, gh, gw] (for background_threshold).
     Works in row chunks so memory stays at K x chunk x W.
     """
+    background_threshold, logit_scale = thresholds.background_threshold, thresholds.logit_scale
+    prob_threshold, background = thresholds.prob_threshold, thresholds.background
     k = similarity.shape[1]
     gh, gw = (grid, grid) if isinstance(grid, (int, np.integer)) else grid
     if gh * gw != similarity.shape[0]:
@@ -223,11 +235,14 @@ class SegmentOptions:
         background (-1); in [0, 1]; needs logit_scale.
     background_classes: class names whose pixels are background (-1), e.g. the
         "sky", "wall", ... stand-ins the papers use for PASCAL VOC's background.
+    background_threshold: pixels where the winning class's heatmap is below it are
+        background (-1); in [0, 1].
     """
 
     logit_scale: float | None = None
     prob_threshold: float | None = None
     background_classes: tuple[str, ...] = ()
+    background_threshold: float | None = None
 
     def checked(self, classes: Sequence[str]) -> "SegmentOptions":
         """These options, checked against a class list; raises ClipxaiError (one line)."""
@@ -239,11 +254,14 @@ class SegmentOptions:
             if self.logit_scale is None:
                 raise ClipxaiError("prob_threshold needs a logit_scale (the softmax temperature; "
                                    "SCLIP uses 40, the papers 40-100)")
+        if self.background_threshold is not None and not 0.0 <= self.background_threshold <= 1.0:
+            raise ClipxaiError(f"background_threshold must be in [0, 1], got {self.background_threshold}")
         unknown = [c for c in self.background_classes if c not in classes]
         if unknown:
             raise ClipxaiError(f"background class {unknown[0]!r} is not a class of the bundle; "
                                f"it has: {', '.join(classes)}")
-        return SegmentOptions(self.logit_scale, self.prob_threshold, tuple(self.background_classes))
+        return SegmentOptions(self.logit_scale, self.prob_threshold, tuple(self.background_classes),
+                              self.background_threshold)
 
     def background_indices(self, classes: Sequence[str]) -> list[int]:
         """Indices in ``classes`` of the background classes that are among them."""

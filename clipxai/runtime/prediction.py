@@ -12,7 +12,9 @@ from typing import Sequence
 import numpy as np
 
 from clipxai.errors import ClipxaiError
-from clipxai.runtime.postprocess import SegmentOptions, points_from_map, resize_bilinear, resize_rows, segment
+from clipxai.runtime.postprocess import (
+    SegmentOptions, Thresholds, points_from_map, resize_bilinear, resize_rows, segment,
+)
 
 
 @dataclass
@@ -24,8 +26,10 @@ class Prediction:
     scores: float32 [K] zero-shot class probabilities from the class token.
     heatmaps_grid: float32 [K, g, g] per-class min-max maps on the token grid.
     size: (H, W) of the original image.
-    options: segmentation settings used by ``segmentation`` (see ``segment``).
+    options: segmentation settings used by ``segmentation`` (see ``segment``), the predictor's.
     frame_index, timestamp, dropped, frame: set by ``Predictor.stream`` (see its docstring).
+    labels: float32 [K] independent multi-label logits (TaI-DPT's protocol, docs/methods.md), or None
+        for a bundle exported before them and for ``predict_slide``; ``present`` thresholds them.
 
     From ``Predictor.predict_slide`` the grid is the resized image's pixels, (h, w)
     instead of (g, g): similarity [h·w, K] holds the averaged logits, heatmaps_grid
@@ -38,13 +42,13 @@ class Prediction:
     scores: np.ndarray
     heatmaps_grid: np.ndarray
     size: tuple[int, int]
-    background_threshold: float | None = None
     options: SegmentOptions = SegmentOptions()
     points_down_sample: int = 2
     frame_index: int | None = None    # from Predictor.stream: the frame's index in its source
     timestamp: float | None = None    # ... its time in seconds (None when the source has none)
     dropped: int = 0                  # ... live sources: frames dropped since the previous prediction
     frame: np.ndarray | None = None   # ... the decoded frame, uint8 [H, W, 3] RGB
+    labels: np.ndarray | None = None  # float32 [K] multi-label logits (None: the bundle has none)
 
     @property
     def grid_size(self) -> int:
@@ -78,7 +82,7 @@ class Prediction:
         """int32 [H, W]: argmax class of the upsampled similarity; -1 (background) where the
         winner's heatmap is below ``background_threshold`` or as ``options`` say."""
         o = self.options
-        return self.segment(o.logit_scale, o.prob_threshold, o.background_classes, self.background_threshold)
+        return self.segment(o.logit_scale, o.prob_threshold, o.background_classes, o.background_threshold)
 
     def segment(self, logit_scale: float | None = None, prob_threshold: float | None = None,
                 background_classes: Sequence[str] = (), background_threshold: float | None = None) -> np.ndarray:
@@ -86,12 +90,19 @@ class Prediction:
         the upsampled similarity s, set to -1 where max softmax(logit_scale · s) < prob_threshold,
         where the winner is one of ``background_classes``, or where the winner's heatmap is
         below ``background_threshold``. Raises ClipxaiError for bad settings."""
-        opts = SegmentOptions(logit_scale, prob_threshold, tuple(background_classes)).checked(self.classes)
-        if background_threshold is not None and not 0.0 <= background_threshold <= 1.0:
-            raise ClipxaiError(f"background_threshold must be in [0, 1], got {background_threshold}")
-        return segment(self.similarity, self.grid_shape, *self.size, heatmaps_grid=self.heatmaps_grid,
-                       background_threshold=background_threshold, logit_scale=opts.logit_scale,
-                       prob_threshold=opts.prob_threshold, background=opts.background_indices(self.classes))
+        opts = SegmentOptions(logit_scale, prob_threshold, tuple(background_classes),
+                              background_threshold).checked(self.classes)
+        thresholds = Thresholds(opts.background_threshold, opts.logit_scale, opts.prob_threshold,
+                                tuple(opts.background_indices(self.classes)))
+        return segment(self.similarity, self.grid_shape, *self.size, self.heatmaps_grid, thresholds)
+
+    def present(self, threshold: float) -> list[str]:
+        """The classes whose ``labels`` logit is >= ``threshold`` (pick one per class or overall from
+        ``clipxai evaluate multilabel``'s precision/recall, docs/evaluation.md). ClipxaiError for a
+        bundle exported without labels."""
+        if self.labels is None:
+            raise ClipxaiError("this bundle has no multi-label scores (exported before them); re-export it")
+        return [name for name, s in zip(self.classes, self.labels) if s >= threshold]
 
     @property
     def top_class(self) -> int:
@@ -112,7 +123,9 @@ class Prediction:
         idx = [self.classes.index(n) for n in names]
         kept = [self.classes[i] for i in idx]
         o = self.options
-        options = SegmentOptions(o.logit_scale, o.prob_threshold, tuple(c for c in o.background_classes if c in kept))
+        options = SegmentOptions(o.logit_scale, o.prob_threshold, tuple(c for c in o.background_classes if c in kept),
+                                 o.background_threshold)
         return Prediction(kept, self.similarity[:, idx], self.scores[idx], self.heatmaps_grid[idx], self.size,
-                          self.background_threshold, options, self.points_down_sample, self.frame_index,
-                          self.timestamp, self.dropped, self.frame)
+                          options, self.points_down_sample, self.frame_index,
+                          self.timestamp, self.dropped, self.frame,
+                          None if self.labels is None else self.labels[idx])

@@ -41,7 +41,6 @@ from PIL import Image
 from clipxai.contract import OUTPUT_SCORES, OUTPUT_SIMILARITY
 from clipxai.errors import ClipxaiError
 from clipxai.runtime.postprocess import resize_bilinear
-from clipxai.runtime.prediction import Prediction
 from clipxai.runtime.preprocess import preprocess
 
 # run(windows float32 [B, 3, S, S]) -> (similarity [B, N, K], scores [B, K])
@@ -153,10 +152,9 @@ def slide_prediction(predictor, img: Image.Image, stride: int, short_side: int, 
     whole = preprocess(img, s, bundle.mean, bundle.std)
 
     def run(batch: np.ndarray):
-        return predictor.session.run([OUTPUT_SIMILARITY, OUTPUT_SCORES], predictor.graph_feeds(batch))
+        return predictor.outputs(batch, (OUTPUT_SIMILARITY, OUTPUT_SCORES))
 
     res = slide_logits(image, run, s, g, stride, batch_size, extra=whole)
     k = res.logits.shape[0]
-    return Prediction(predictor.classes, res.logits.reshape(k, h * w).T, res.scores, res.heatmaps(),
-                      (img.height, img.width), predictor.background_threshold, predictor.segment_options,
-                      points_down_sample=2 * max(s // g, 1))
+    return predictor.prediction(res.logits.reshape(k, h * w).T, res.scores, res.heatmaps(), (img.height, img.width),
+                                points_down_sample=2 * max(s // g, 1))

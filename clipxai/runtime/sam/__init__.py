@@ -1,4 +1,4 @@
-"""Object masks on the device: SAM and SAM 2.1 bundles (clipxai-export-sam) run with onnxruntime, prompted
+"""Object masks on the device: SAM and SAM 2.1 bundles (clipxai export-sam) run with onnxruntime, prompted
 by clipxai's points (docs/sam.md). Torch-free.
 
     from clipxai.runtime.sam import MaskPredictor
