@@ -21,6 +21,7 @@ ROCKET = ROOT / "examples" / "rocket.jpg"
 
 SCRIPT = textwrap.dedent("""
     import importlib.abc, json, sys
+    AT_START = {m.split(".")[0] for m in sys.modules}  # the interpreter's and site's own (.pth files)
     BLOCKED = {"torch", "torchvision", "open_clip", "onnx", "onnx_graphsurgeon", "timm"}
 
     class Block(importlib.abc.MetaPathFinder):
@@ -51,7 +52,7 @@ SCRIPT = textwrap.dedent("""
         main([sys.argv[1], sys.argv[2], "--out", sys.argv[3]], standalone_mode=False)
     except SystemExit as e:
         assert not e.code, e.code
-    tops = {m.split(".")[0] for m in sys.modules if not m.startswith("__editable__")}
+    tops = {m.split(".")[0] for m in sys.modules if not m.startswith("__editable__")} - AT_START
     third = sorted(tops - set(sys.stdlib_module_names) - {"clipxai", "__main__", "_distutils_hack"})
     ours = sorted(m for m in sys.modules if m.startswith(("clipxai.export", "clipxai.models")))
     print(json.dumps({"heatmaps": list(pred.heatmaps.shape), "seg": list(seg.shape),
@@ -87,6 +88,7 @@ def test_runtime_runs_with_torch_blocked(bundle, tmp_path):
 
 TEXT_SCRIPT = textwrap.dedent("""
     import importlib.abc, json, sys
+    AT_START = {m.split(".")[0] for m in sys.modules}  # the interpreter's and site's own (.pth files)
     BLOCKED = {"torch", "torchvision", "open_clip", "onnx", "onnx_graphsurgeon", "timm"}
 
     class Block(importlib.abc.MetaPathFinder):
@@ -115,7 +117,7 @@ TEXT_SCRIPT = textwrap.dedent("""
         explain([sys.argv[1], sys.argv[2], "--text", "a red mug", "--out", sys.argv[3] + "/x"], standalone_mode=False)
     except SystemExit as e:
         assert not e.code, e.code
-    tops = {m.split(".")[0] for m in sys.modules if not m.startswith("__editable__")}
+    tops = {m.split(".")[0] for m in sys.modules if not m.startswith("__editable__")} - AT_START
     third = sorted(tops - set(sys.stdlib_module_names) - {"clipxai", "__main__", "_distutils_hack"})
     print(json.dumps({"ids": ids[0, :8].tolist(), "classes": pred.classes, "maps": list(pred.heatmaps_grid.shape),
                       "third_party": third, "torch_loaded": "torch" in sys.modules, "words": [w for w, _ in words]}))

@@ -1,4 +1,4 @@
-"""``clipxai ros BUNDLE [--ros-args ...]``: run the ROS 2 node (clipxai/apps/ros; docs/ros.md).
+"""``clipxai ros BUNDLE [--sam SAM_BUNDLE] [--ros-args ...]``: run the ROS 2 node (clipxai/apps/ros; docs/ros.md).
 
 Everything from ``--ros-args`` on goes to ``rclpy.init`` (remappings, ``-p`` parameters, ``-r __node:=NAME``).
 Ctrl-C or SIGTERM stops the node after the frame in progress, exit 0; a second one stops at once (130).
@@ -21,20 +21,25 @@ EXIT_HELP = "Exit status: 0 stopped by Ctrl-C or SIGTERM, 2 bad input (before th
 @click.command(context_settings={**opt.COMMAND, "ignore_unknown_options": True}, epilog=EXIT_HELP)
 @click.argument("bundle", type=click.Path())
 @opt.expect_digest()
+@click.option("--sam", "sam_bundle", type=click.Path(), default=None, metavar="SAM_BUNDLE",
+              help="A mask-model bundle (clipxai export-sam): each class's object mask, published on 'masks'.")
 @click.argument("ros_args", nargs=-1, type=click.UNPROCESSED)
-def ros(bundle, expect_digest, ros_args):
+def ros(bundle, expect_digest, sam_bundle, ros_args):
     """Run a ROS 2 node: segmentation, scores and diagnostics for an image topic (needs clipxai[ros],
     or a sourced ROS 2 Jazzy).
 
-    Topics are relative, so the usual remapping works:
-    clipxai ros BUNDLE --ros-args -r image:=/camera/color/image_raw -p publish_overlay:=true
+    Topics are relative, so the usual remapping works; parameters are ROS parameters (docs/ros.md):
+
+    \b
+      clipxai ros BUNDLE --ros-args -r image:=/camera/color/image_raw \\
+          -p publish_overlay:=true -p threads:=4
     """
     from clipxai.apps.ros import RosJob, run_node
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     with cli_errors():
         if ros_args and ros_args[0] != ROS_ARGS:
             raise ClipxaiError(f"unexpected argument {ros_args[0]!r}: ROS arguments follow {ROS_ARGS}")
-        job = RosJob(bundle=bundle, ros_args=tuple(ros_args), expect_digest=expect_digest)
+        job = RosJob(bundle=bundle, ros_args=tuple(ros_args), expect_digest=expect_digest, sam=sam_bundle)
         reporter = ConsoleReporter()
         with stop_on_signals() as stop:
             stats = run_node(job, reporter, stop)

@@ -15,9 +15,10 @@ the command: rclpy is initialised without its own handlers.
 from __future__ import annotations
 
 import array
+import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from clipxai.apps.ros.convert import BadFrame, ImageFields, check_class_count, compressed_to_rgb, heatmap_fields, \
     image_to_rgb, mono8_fields, parse_classes, rgb_fields, topic_part
@@ -25,18 +26,21 @@ from clipxai.apps.ros.frames import Latest, Stats
 from clipxai.common.report import SILENT, Reporter
 from clipxai.contract import DEFAULT_PROVIDERS, ROS_DIAGNOSTICS_PERIOD_S, ROS_NODE_NAME
 from clipxai.errors import ClipxaiError
+from clipxai.vocabulary import validate_classes
 
 LOG_EVERY_S = 10.0  # a bad frame of one kind is logged at most this often
 
 
 @dataclass(frozen=True)
 class RosJob:
-    """One ``clipxai ros`` run: the bundle, and the arguments after ``--ros-args`` (remappings, ``-p``
-    parameters) for ``rclpy.init``."""
+    """One ``clipxai ros`` run: the bundle, the arguments after ``--ros-args`` (remappings, ``-p``
+    parameters) for ``rclpy.init``, the manifest digest to insist on, and a mask-model bundle (``sam``:
+    each class's object mask from its points, published on ``masks``)."""
 
     bundle: str
     ros_args: tuple[str, ...] = ()
     expect_digest: str | None = None
+    sam: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,9 @@ class RosSettings:
     every_n: int = 1
 
 
-# name -> (default, description, range or None); all read-only: a change would need a reload
-# (classes change at run time through the ``classes`` topic).
+# name -> (default, description, range or None). RELOAD: read-only, a change would need a reload; the
+# others change at run time (NodeServer.on_parameters), between frames.
+RELOAD = ("threads", "providers", "reliable", "compressed")
 PARAMETERS: dict[str, tuple[object, str, tuple | None]] = {
     "threads": (0, "onnxruntime intra-op threads (0: one per core)", (0, 1024)),
     "providers": (DEFAULT_PROVIDERS, "auto, cpu, cuda, tensorrt or openvino", None),
@@ -75,7 +80,10 @@ def run_node(job: RosJob, reporter: Reporter = SILENT, stop: threading.Event | N
     """Check the bundle, start the node, serve until ``stop`` is set; the counters at the end.
     A bad bundle or bad ``--ros-args`` raise ClipxaiError before the node starts."""
     from clipxai.runtime.bundle import load_bundle
-    load_bundle(job.bundle, expect_digest=job.expect_digest)  # a one-line error before anything starts
+    load_bundle(job.bundle, expect_digest=job.expect_digest)  # one-line errors before anything starts
+    if job.sam is not None:
+        from clipxai.contract import KIND_MASK
+        load_bundle(job.sam, kind=KIND_MASK)
     stop = stop or threading.Event()
     rclpy = _rclpy()
     from rclpy.signals import SignalHandlerOptions
@@ -107,7 +115,7 @@ def _rclpy():
 def _serve(job: RosJob, node, context, reporter: Reporter, stop: threading.Event) -> Stats:
     from rclpy.executors import SingleThreadedExecutor
     settings = declare_settings(node)
-    server = NodeServer(node, open_predictor(job, settings), settings)
+    server = NodeServer(node, open_predictor(job, settings), settings, open_sam(job, settings))
     p = server.predictor
     reporter.step(f"node {node.get_fully_qualified_name()}: {p.bundle.backbone_name}, {len(p.classes)} classes, "
                   f"{p.provider}; image topic {node.resolve_topic_name('image')}")
@@ -129,7 +137,7 @@ def declare_settings(node) -> RosSettings:
     from rclpy.parameter import Parameter
     values = {}
     for name, (default, description, bounds) in PARAMETERS.items():
-        d = ParameterDescriptor(description=description, read_only=True)
+        d = ParameterDescriptor(description=description, read_only=name in RELOAD)
         if bounds is not None and isinstance(default, float):
             d.floating_point_range = [FloatingPointRange(from_value=bounds[0], to_value=bounds[1])]
         elif bounds is not None:
@@ -170,15 +178,27 @@ def open_predictor(job: RosJob, settings: RosSettings):
     return predictor
 
 
-class NodeServer:
-    """The node's topics, its worker thread and its counters (module docstring)."""
+def open_sam(job: RosJob, settings: RosSettings):
+    """The mask predictor of ``job.sam`` (None without one), on the node's providers and threads."""
+    if job.sam is None:
+        return None
+    from clipxai.runtime.backends import RuntimeOptions
+    from clipxai.runtime.sam import MaskPredictor
+    return MaskPredictor.from_bundle(job.sam, options=RuntimeOptions(providers=settings.providers,
+                                                                     threads=settings.threads))
 
-    def __init__(self, node, predictor, settings: RosSettings):
-        self.node, self.predictor, self.settings = node, predictor, settings
-        self.stats, self.frames, self.new_classes = Stats(), Latest(), Latest()
-        self._halt, self._logged = threading.Event(), {}
+
+class NodeServer:
+    """The node's topics, its worker thread and its counters (module docstring). sam: a MaskPredictor
+    (None: no ``masks`` topic)."""
+
+    def __init__(self, node, predictor, settings: RosSettings, sam=None):
+        self.node, self.predictor, self.settings, self.sam = node, predictor, settings, sam
+        self.stats, self.frames, self.todo = Stats(), Latest(), queue.SimpleQueue()  # todo: (what, value)
+        self._halt, self._logged, self.heatmaps = threading.Event(), {}, {}
         self._topics()
         self.publish_class_names()
+        node.add_on_set_parameters_callback(self.on_parameters)
         self.worker = threading.Thread(target=self._work, name="clipxai-ros-worker", daemon=True)
         self.worker.start()
 
@@ -192,14 +212,23 @@ class NodeServer:
                     "scores": n.create_publisher(Float32MultiArray, "scores", out),
                     "class_names": n.create_publisher(String, "class_names", latched),
                     "diagnostics": n.create_publisher(DiagnosticArray, "/diagnostics", out)}
-        if s.publish_overlay:
-            self.pub["overlay"] = n.create_publisher(Image, "overlay", out)
-        self.heatmaps = {c: n.create_publisher(Image, f"heatmap/{topic_part(c)}", out) for c in s.heatmap_classes}
+        if self.sam is not None:
+            self.pub["masks"] = n.create_publisher(Image, "masks", out)
+        self._optional_publishers(s)
         n.create_subscription(Image, "image", self.on_image, _image_qos(s.reliable))
         if s.compressed:
             n.create_subscription(CompressedImage, "image/compressed", self.on_compressed, _image_qos(s.reliable))
         n.create_subscription(String, "classes", self.on_classes, 10)  # volatile: takes latched publishers too
         n.create_timer(ROS_DIAGNOSTICS_PERIOD_S, self.publish_diagnostics)
+
+    def _optional_publishers(self, s: RosSettings) -> None:
+        """The overlay and heatmap publishers ``s`` asks for that do not exist yet."""
+        from sensor_msgs.msg import Image
+        if s.publish_overlay and "overlay" not in self.pub:
+            self.pub["overlay"] = self.node.create_publisher(Image, "overlay", _output_qos())
+        for c in s.heatmap_classes:
+            if c not in self.heatmaps:
+                self.heatmaps[c] = self.node.create_publisher(Image, f"heatmap/{topic_part(c)}", _output_qos())
 
     # -- callbacks (executor thread): convert, hand over, return --------------------------------------
     def on_image(self, msg) -> None:
@@ -232,7 +261,34 @@ class NodeServer:
         except ClipxaiError as e:
             self.node.get_logger().warning(f"classes message refused, the classes stay: {e}")
             return
-        self.new_classes.put(names)
+        self.todo.put(("classes", names))
+
+    def on_parameters(self, params):
+        """A run-time change of classes, background_threshold, publish_overlay, heatmap_classes or every_n
+        (rclpy has checked the types, ranges and read-only ones); the graph's side is the worker's."""
+        from rcl_interfaces.msg import SetParametersResult
+        values = {p.name: p.value for p in params}
+        try:
+            names = self._checked_classes(values["classes"]) if "classes" in values else None
+        except ClipxaiError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        changes = {k: v for k, v in values.items() if k in ("publish_overlay", "every_n")}
+        if "heatmap_classes" in values:
+            changes["heatmap_classes"] = tuple(values["heatmap_classes"] or ())
+        if "background_threshold" in values:
+            changes["background_threshold"] = values["background_threshold"] or None
+            self.todo.put(("background_threshold", values["background_threshold"]))
+        self.settings = replace(self.settings, **changes)
+        self._optional_publishers(self.settings)
+        if names is not None:
+            self.todo.put(("classes", names))
+        return SetParametersResult(successful=True)
+
+    def _checked_classes(self, value) -> list[str]:
+        from clipxai.runtime.text.encoder import has_text_encoder
+        if not has_text_encoder(self.predictor.bundle):
+            raise ClipxaiError("classes: new class names need a bundle exported with --text-encoder")
+        return check_class_count(validate_classes(value or [], source="classes"))
 
     def _warn_throttled(self, kind: str, message: str, count: int) -> None:
         now = time.monotonic()
@@ -243,10 +299,8 @@ class NodeServer:
     # -- the worker thread ----------------------------------------------------------------------------
     def _work(self) -> None:
         while not self._halt.is_set():
-            names = self.new_classes.take(0)
-            if names is not None:
-                self._set_classes(names)
             item = self.frames.take(0.1)
+            self._apply_changes()  # those made before this frame was taken apply to it
             if item is None:
                 continue
             try:
@@ -254,6 +308,17 @@ class NodeServer:
             except Exception as e:  # noqa: BLE001 - one failed frame must not end the node
                 self.stats.count("failed")
                 self.node.get_logger().error(f"a frame failed: {type(e).__name__}: {e}")
+
+    def _apply_changes(self) -> None:
+        while True:
+            try:
+                what, value = self.todo.get_nowait()
+            except queue.Empty:
+                return
+            if what == "classes":
+                self._set_classes(value)
+            else:  # 0.0: off (heatmaps are in [0, 1])
+                self.predictor.set_segmentation(background_threshold=value)
 
     def _set_classes(self, names: list[str]) -> None:
         try:
@@ -266,14 +331,16 @@ class NodeServer:
 
     def process(self, header, rgb) -> None:
         """Predict on uint8 [H, W, 3] RGB and publish every output with the image's ``header``."""
-        pred = self.predictor.predict(rgb)
+        s, pred = self.settings, self.predictor.predict(rgb)
         self._publish_image("segmentation", header, mono8_fields(pred.segmentation))
         self.pub["scores"].publish(scores_message(pred.scores))
-        if "overlay" in self.pub:
+        if s.publish_overlay:
             self._publish_image("overlay", header, rgb_fields(self._overlay(rgb, pred)))
-        for name, publisher in self.heatmaps.items():
+        if self.sam is not None:
+            self._publish_image("masks", header, mask_fields(self.sam, rgb, pred))
+        for name in s.heatmap_classes:
             if name in pred.classes:
-                publisher.publish(image_message(header, heatmap_fields(pred.heatmap(pred.classes.index(name)))))
+                self.heatmaps[name].publish(image_message(header, heatmap_fields(pred.heatmap(pred.classes.index(name)))))
         self.stats.done(self._latency(header))
 
     def _publish_image(self, topic: str, header, fields: ImageFields) -> None:
@@ -311,6 +378,15 @@ class NodeServer:
         """Stop the worker after the frame in progress."""
         self._halt.set()
         self.worker.join()
+
+
+def mask_fields(sam, rgb, pred) -> ImageFields:
+    """SAM's object masks of every class, as a ``mono8`` label map: 0 background, k + 1 for class k (where
+    masks overlap, the higher-scoring mask wins: clipxai.runtime.sam.label_map)."""
+    from clipxai.runtime.sam import label_map
+    sam.set_image(rgb)
+    labels = label_map(sam.masks_for(pred, pred.classes), pred) + 1
+    return mono8_fields(labels)
 
 
 def image_message(header, fields: ImageFields):
