@@ -418,7 +418,8 @@ def _tool(name: str) -> str:
 
 
 @pytest.mark.parametrize("script", sorted(str(p.relative_to(ROOT)) for p in [*JETSON.glob("*.sh"),
-                                                                              *(ROOT / "scripts").glob("*.sh")]))
+                                                                              *(ROOT / "scripts").glob("*.sh"),
+                                                                              *(ROOT / "scripts" / "gpu").glob("*.sh")]))
 def test_shell_scripts_pass_shellcheck(script):
     r = subprocess.run([_tool("shellcheck"), "--severity=style", script], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
