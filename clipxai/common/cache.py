@@ -3,9 +3,9 @@
 Root: the ``cache_dir`` argument, else ``$CLIPXAI_CACHE_DIR``, else the user
 cache folder of the platform (``platformdirs``: ``$XDG_CACHE_HOME/clipxai`` or
 ``~/.cache/clipxai`` on Linux); ``~`` is expanded in every case. Each of the
-four caches keeps a subfolder: ``graphs`` (CPU graph cache), ``text`` (class
-encodings), ``engines`` (TensorRT engines), ``verified`` (verification stamps
-of bundles, clipxai/runtime/stamps.py).
+five caches keeps a subfolder: ``graphs`` (CPU graph cache), ``text`` (class
+encodings), ``engines`` (TensorRT engines), ``openvino`` (OpenVINO compiled models),
+``verified`` (verification stamps of bundles, clipxai/runtime/stamps.py).
 
 Permission rule (as ssh treats ``~/.ssh``): cache folders are created ``0700``
 and files ``0600``; a folder that is not owned by the current user, or that
@@ -96,6 +96,7 @@ CACHES = {
     "graphs": "CPU graph cache: onnxruntime's optimized graphs",
     "text": "class encodings made on the device",
     "engines": "TensorRT engines",
+    "openvino": "OpenVINO compiled models (clipxai/runtime/backends/openvino_cache.py)",
     "verified": "verification stamps of bundles",
 }
 

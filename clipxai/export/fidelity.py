@@ -33,7 +33,8 @@ class Gate:
 
 
 GATES = {"int8": Gate(correlation=0.98, pixel_agreement=0.95),
-         "fp16": Gate(correlation=0.995, pixel_agreement=0.95)}
+         "fp16": Gate(correlation=0.995, pixel_agreement=0.95),
+         "bf16": Gate(correlation=0.98, pixel_agreement=0.95)}  # OpenVINO bf16: the int8 gate
 
 
 def synthetic_scenes(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -119,6 +120,18 @@ def run_outputs(path: Path, x: np.ndarray, extra: dict | None = None,
                 provider: str = "CPUExecutionProvider") -> list[np.ndarray]:
     """[similarity, scores, heatmaps] of a graph on preprocessed images x [n, 3, S, S]."""
     return _run(_session(path, provider), x, extra or {})
+
+
+def run_outputs_openvino(path: Path, x: np.ndarray, extra: dict | None = None,
+                         precision: str = "bf16") -> list[np.ndarray]:
+    """``run_outputs`` with the graph run in OpenVINO on the CPU at ``precision`` ("fp32" / "bf16"),
+    compiled as the runtime's OpenVINO backend compiles it (clipxai/runtime/backends/openvino.py)."""
+    import openvino
+
+    from clipxai.runtime.backends.openvino import OV_PRECISIONS, OpenVINOSession, compile_graph
+    compiled = compile_graph(openvino.Core(), path, "CPU", {"INFERENCE_PRECISION_HINT": OV_PRECISIONS[precision]})
+    return _run(OpenVINOSession(compiled, "CPU", precision, {INPUT_IMAGE, OUTPUT_SIMILARITY, OUTPUT_SCORES,
+                                                             OUTPUT_HEATMAPS, *(extra or {})}), x, extra or {})
 
 
 def measure_fidelity(reference: list[np.ndarray], candidate: Path, x: np.ndarray, extra: dict | None = None,

@@ -3,19 +3,19 @@
 ``providers="openvino"`` picks it; ``OpenVINOOptions`` (``RuntimeOptions.openvino``) holds its settings:
 
 - ``device``: "CPU" (the default), "GPU", "NPU", "AUTO", passed to OpenVINO as given. Only the CPU is
-  tested here (docs/performance.md#openvino).
+  tested here (docs/performance.md#openvino-fp32-and-bf16).
 - ``precision``: "fp32" or "bf16" (``INFERENCE_PRECISION_HINT``). fp32 is set explicitly: OpenVINO's CPU
   plugin otherwise runs bf16 by itself on a CPU that has it. bf16 applies to the bundle's precision graph
   (the image graph, a mask model's encoder); the text graphs and a mask decoder stay fp32. It is used only
   (``precision_for``)
   - where the CPU computes bf16 natively: ``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo's flags
-    (clipxai.common.system.cpu_info); elsewhere OpenVINO would emulate it, slower than fp32, so a
-    one-line note and fp32;
+    (clipxai.common.system.cpu_info; OpenVINO's OPTIMIZATION_CAPABILITIES is not used); elsewhere a
+    one-line note and fp32 (bf16 without native arithmetic is not what the gate measured);
   - on a bundle whose bf16 fidelity was measured at export and passed its gate (manifest field
     ``bf16_fidelity``, the int8 gate: clipxai/export/fidelity.py), unless ``force_precision``.
   Another device (GPU, NPU) gets the hint as asked, unchecked (untested here).
-- ``cache``: OpenVINO's compiled-model cache (``CACHE_DIR``) under clipxai's cache root, one private
-  folder per key (bundle graph digests, OpenVINO version, CPU, device, precision): openvino_cache.py.
+- ``cache``: compiled models cached under clipxai's cache root (OpenVINO's exported blobs, one private
+  folder per key: bundle graph digests, OpenVINO version, CPU, device, compile settings): openvino_cache.py.
 
 The session object has the slice of onnxruntime's InferenceSession the runtime uses: ``run``,
 ``get_inputs``, ``get_outputs`` (name, type "tensor(float)", shape with ints and names), ``get_providers``
@@ -25,6 +25,7 @@ The session object has the slice of onnxruntime's InferenceSession the runtime u
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +33,7 @@ import numpy as np
 from clipxai.common.cache import report_once
 from clipxai.common.system import cpu_info
 from clipxai.errors import ClipxaiError
-from clipxai.runtime.backends.graph_io import PRECISION_GRAPHS
+from clipxai.runtime.backends.graph_io import PRECISION_GRAPHS, expected_io
 from clipxai.runtime.backends.options import OpenVINOOptions
 
 log = logging.getLogger("clipxai")
@@ -97,20 +98,25 @@ class Arg:
     shape: list
 
 
-def _arg(port, position: int) -> Arg:
+def _arg(port, position: int, known: set[str]) -> Arg:
+    """A port as an ``Arg``; its name the one of its names in ``known`` (the manifest's), since OpenVINO
+    may give a graph output an inner tensor's name too."""
     kind = port.get_element_type().get_type_name()
     shape = [d.get_length() if d.is_static else f"d{position}_{i}" for i, d in enumerate(port.get_partial_shape())]
-    return Arg(port.get_any_name(), OV_TYPES.get(kind, f"tensor({kind})"), shape)
+    names = sorted(port.get_names())
+    name = next((n for n in names if n in known), port.get_any_name())
+    return Arg(name, OV_TYPES.get(kind, f"tensor({kind})"), shape)
 
 
 class OpenVINOSession:
     """A compiled model with onnxruntime's session interface (module docstring). One infer request,
     made on first use: one session serves one thread at a time, as the runtime uses it."""
 
-    def __init__(self, compiled, device: str, precision: str):
+    def __init__(self, compiled, device: str, precision: str, known: set[str] = frozenset()):
         self.compiled, self.device, self.precision = compiled, device, precision
-        self._inputs = [_arg(p, i) for i, p in enumerate(compiled.inputs)]
-        self._outputs = [_arg(p, i + len(self._inputs)) for i, p in enumerate(compiled.outputs)]
+        self._inputs = [_arg(p, i, known) for i, p in enumerate(compiled.inputs)]
+        self._outputs = [_arg(p, i + len(self._inputs), known) for i, p in enumerate(compiled.outputs)]
+        self._ports = {arg.name: port for arg, port in zip(self._outputs, compiled.outputs)}
         self._request = None
 
     def get_inputs(self) -> list[Arg]:
@@ -128,8 +134,7 @@ class OpenVINOSession:
             self._request = self.compiled.create_infer_request()
         result = self._request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
         wanted = [o.name for o in self._outputs] if names is None else list(names)
-        by_name = {port.get_any_name(): result[port] for port in self.compiled.outputs}
-        return [np.array(by_name[n], copy=True) for n in wanted]
+        return [np.array(result[self._ports[n]], copy=True) for n in wanted]
 
 
 class OpenVINOBackend:
@@ -148,11 +153,12 @@ class OpenVINOBackend:
         path = bundle.path / graph_file
         if ov.cache:
             from clipxai.runtime.backends import openvino_cache
-            compiled = openvino_cache.compile_cached(core, bundle, graph_file, config, options, precision)
+            compiled = openvino_cache.compile_cached(core, bundle, graph_file, config, options, compile_graph)
         else:
             compiled = compile_graph(core, path, ov.device, config)
         log.info("OpenVINO %s: %s on %s, %s", ov_mod.__version__, graph_file, ov.device, precision)
-        return OpenVINOSession(compiled, ov.device, precision)
+        io = expected_io(bundle, graph_file)
+        return OpenVINOSession(compiled, ov.device, precision, {*io.inputs, *io.outputs})
 
 
 def compile_graph(core, path, device: str, config: dict):
@@ -163,10 +169,17 @@ def compile_graph(core, path, device: str, config: dict):
         unshare_constants(model)
         return core.compile_model(model, device, config)
     except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError and its own types
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        detail = next((ln for ln in lines if "operation" in ln.lower() or "op " in ln.lower()), lines[0] if lines
-                      else type(e).__name__)
-        raise ClipxaiError(f"{path}: OpenVINO could not compile the graph on {device} ({detail[:300]})") from None
+        raise ClipxaiError(f"{path}: OpenVINO could not compile the graph on {device} ({_why(e)[:300]})") from None
+
+
+def _why(error: Exception) -> str:
+    """OpenVINO's reason in one line: the operator it rejected and why, where it names one."""
+    text = str(error)
+    node = re.search(r"While validating node '\w+::(\w+) (\S+)", text)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(("Exception from",
+                                                                                                   "Check '"))]
+    reason = lines[-1] if lines else type(error).__name__
+    return f"operator {node.group(1)} {node.group(2)}: {reason}" if node else reason
 
 
 def unshare_constants(model) -> int:
@@ -181,7 +194,9 @@ def unshare_constants(model) -> int:
     for op in model.get_ordered_ops():
         if op.get_type_name() != "Constant":
             continue
-        for target in list(op.output(0).get_target_inputs())[1:]:
-            target.replace_source_output(opset13.constant(op.get_data()).output(0))
+        for i, target in enumerate(list(op.output(0).get_target_inputs())[1:]):
+            copy = opset13.constant(op.get_data())
+            copy.set_friendly_name(f"{op.get_friendly_name()}/copy{i}")  # the same model hash on every load
+            target.replace_source_output(copy.output(0))
             copies += 1
     return copies
