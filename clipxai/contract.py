@@ -105,6 +105,7 @@ DEFAULT_IMAGE_SIZE = 224
 DEFAULT_PRECISION = "fp32"
 MIN_OPSET = 17                   # the oldest ONNX opset the exporters write (LayerNormalization)
 DEFAULT_TEXT_BATCH = 256         # prompts per text-encoder batch at export
+DEFAULT_TEMPLATES = "openai-85"  # clipxai export --templates (clipxai/templates.py: TEMPLATE_CHOICES)
 DEFAULT_LABELS_MERGE_RATE = 0.5  # weight of the local (dense) label logits: TaI-DPT's GL_merge_rate
 DEFAULT_EXPLAINER_BLOCKS = 8     # text blocks Grad-ECLIP's word explainer re-runs (the reference's 8)
 ROS_NODE_NAME = "clipxai"        # clipxai ros: the node's name (--ros-args -r __node:=NAME renames it)

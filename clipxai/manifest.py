@@ -191,6 +191,16 @@ def _tensor_specs(v) -> str | None:
 
 
 CLASS_LIST = Rule("list of strings", _class_list)
+
+
+def _template_list(v) -> str | None:
+    from clipxai.templates import MAX_TEMPLATES, template_problem
+    if not isinstance(v, list) or not v or len(v) > MAX_TEMPLATES:
+        return f"must be a list of 1..{MAX_TEMPLATES} prompt templates, got {_show(v)}"
+    return next((f"entry {i}: {p}" for i, t in enumerate(v) if (p := template_problem(t))), None)
+
+
+TEMPLATE_LIST = Rule("list of strings", _template_list)
 FILE_TABLE = Rule("object", _file_table)
 TENSOR_TABLE = Rule("object", _tensor_specs)
 
@@ -397,6 +407,7 @@ class ClipPreprocess(Record):
 class Templates(Record):
     set: str | None = value(optional(TEXT))
     count: int | None = value(optional(integer(1, 1 << 20)))
+    prompts: tuple[str, ...] | None = value(optional(TEMPLATE_LIST), omit_none=True)
     extra: dict = extra()
 
 
@@ -531,6 +542,7 @@ class ClipManifest(Manifest):
     text_encoder: TextEncoderSpec | None = section(TextEncoderSpec, nullable=True, omit_none=True)
     text_explainer: TextExplainerSpec | None = section(TextExplainerSpec, nullable=True, omit_none=True)
     fidelity: dict | None = value(FIDELITY)
+    bf16_fidelity: dict | None = value(FIDELITY, omit_none=True)
     files: dict[str, FileEntry] = table(FileEntry, FILE_TABLE, required=True)
     extra: dict = extra()
 

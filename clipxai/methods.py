@@ -47,8 +47,9 @@ METHOD_TABLE: tuple[Method, ...] = (
            "Grad-ECLIP (Zhao et al., ICML 2024)"),
     Method("vanilla", "build_dense", False, ("vit",), "bicubic-scale",
            "unchanged: plain CLIP patch tokens", "baseline"),
-    Method("maskclip", "build_dense", False, ("vit",), "bicubic-size",
-           "value path alone (x + W_o·v), then the MLP", "MaskCLIP (Zhou et al., ECCV 2022)"),
+    Method("maskclip", "build_dense", False, ("vit", "resnet"), "bicubic-size",
+           "value path alone (x + W_o·v), then the MLP; on a ResNet, each cell through the attention "
+           "pool's value and output projections", "MaskCLIP (Zhou et al., ECCV 2022)"),
     Method("sclip", "build_dense", False, ("vit",), "bicubic-scale",
            "correlative self-attention (q-q + k-k), then the MLP", "SCLIP (Wang et al., ECCV 2024)"),
     Method("clearclip", "build_dense", False, ("vit",), "bicubic-scale",

@@ -149,7 +149,8 @@ def test_onnx_graph_is_checked_and_has_dynamic_batch(tmp_path):
     assert m.opset_import[0].version >= 17
     dim0 = m.graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_param and not dim0.dim_value
-    assert [o.name for o in m.graph.output] == ["similarity", "scores", "heatmaps"]
+    assert [o.name for o in m.graph.output] == ["similarity", "scores", "heatmaps", "labels"]
+    assert m.graph.output[3].type.tensor_type.shape.dim[0].dim_param  # labels: dynamic batch too
     assert run_bundle(res.path, random_images(3, 32))[0].shape == (3, 16, 5)
     assert not leftovers(tmp_path)
 

@@ -102,7 +102,7 @@ def test_graph_io_of_every_graph(bundles):
     assert clip.graph_files() == ("model.onnx", "text_encoder.onnx", "text_explainer.onnx")
     ins, outs = clip.graph_io("model.onnx")
     assert list(ins) == ["image", "text", "redundancy"] and ins["image"] == TensorSpec("float32", ("batch", 3, 32, 32))
-    assert list(outs) == ["similarity", "scores", "heatmaps", "image_embedding"]
+    assert list(outs) == ["similarity", "scores", "heatmaps", "labels", "image_embedding"]
     assert list(clip.graph_io("text_encoder.onnx")[1]) == ["embeddings"]
     assert list(clip.graph_io("text_explainer.onnx")[0]) == ["input_ids", "eot_index", "image_embedding"]
     sam2 = bundles["sam2"].manifest

@@ -148,5 +148,5 @@ def test_cli_method_flag(tmp_path):
                                     "-o", str(tmp_path / "r"), *base], catch_exceptions=False)
     assert bad.exit_code != 0 and "Traceback" not in bad.output
     assert bad.stderr.strip().splitlines()[-1] == (
-        "error: --method sclip needs a ViT backbone, not Tiny-RN; ResNets support --method surgery")
+        "error: --method sclip needs a ViT backbone, not Tiny-RN; ResNets support --method surgery, maskclip")
     assert not (tmp_path / "r").exists()

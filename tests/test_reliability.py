@@ -499,7 +499,8 @@ def test_cache_clear_removes_every_cache_stamps_included(bundle, tmp_path):
     for name in ("graphs", "text", "verified"):
         assert not (root / name).exists() and re.search(rf"^{name} .*: removed", r.output, re.M), r.output
     assert re.search(r"^engines .*: absent$", r.output, re.M)
-    assert set(CACHES) == {"graphs", "text", "engines", "verified"}
+    assert re.search(r"^openvino .*: absent$", r.output, re.M)
+    assert set(CACHES) == {"graphs", "text", "engines", "openvino", "verified"}
 
 
 def test_cache_clear_keeps_what_it_is_told_and_never_follows_a_link(tmp_path):

@@ -1,4 +1,4 @@
-"""``clipxai evaluate segmentation|faithfulness``: parse, run the task in clipxai/apps/evaluate, report."""
+"""``clipxai evaluate segmentation|faithfulness|multilabel``: parse, run the task in clipxai/apps/evaluate, report."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import click
 
 from clipxai.cli import options as opt
 from clipxai.cli.console import ConsoleReporter, cli_errors
-from clipxai.contract import DEFAULT_FAITHFULNESS_BATCH
+from clipxai.contract import DEFAULT_BATCH_SIZE, DEFAULT_FAITHFULNESS_BATCH
 
 REPORT_FILE = "segmentation.json"  # evaluate segmentation's report in --out
+MULTILABEL_REPORT_FILE = "multilabel.json"  # evaluate multilabel's report in --out
 
 
 @click.group(context_settings=opt.COMMAND)
 def evaluate():
-    """Measure a bundle: mIoU on a segmentation dataset, or the faithfulness of its maps."""
+    """Measure a bundle: mIoU on a segmentation dataset, mAP of its multi-label scores, or the faithfulness
+    of its maps."""
 
 
 @evaluate.command(context_settings=opt.COMMAND, epilog="Exit status: 0 done, 2 bad input, 130 interrupted.")
@@ -88,6 +90,45 @@ def faithfulness(bundles, images, labels, out_dir, steps, cal_gap, seed, classif
     for name, why in report.skipped:
         click.echo(f"  skipped {name}: {why}", err=True)
     click.echo(f"report: {out_dir}")
+
+
+@evaluate.command(context_settings=opt.COMMAND, epilog="Exit status: 0 done, 2 bad input, 130 interrupted.")
+@click.argument("bundle", type=click.Path())
+@click.option("--images", required=True, type=click.Path(), help="Folder of the images (searched recursively).")
+@click.option("--labels", required=True, type=click.Path(),
+              help="CSV 'image,labels' (classes separated by |, image paths relative to --images), "
+                   "or a COCO instances JSON (*.json).")
+@click.option("--threshold", type=float, default=None,
+              help="Also report each class's precision/recall of 'labels >= THRESHOLD'.")
+@click.option("--full-image", is_flag=True, help="The bundle's whole-image resize instead of TaI-DPT's "
+              "resize + centre crop.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate the first N labelled images only.")
+@click.option("--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
+              help="Images per graph run.")
+@opt.out_dir(help=f"Folder for the JSON report ({MULTILABEL_REPORT_FILE}).", required=False)
+@opt.runtime_options
+@opt.ray_options
+def multilabel(bundle, images, labels, threshold, full_image, limit, batch_size, out_dir, runtime, ray):
+    """mAP (TaI-DPT's) of BUNDLE's multi-label scores on labelled images, per-class AP and thresholds
+    (docs/evaluation.md)."""
+    from clipxai.apps.evaluate.multilabel import run_multilabel, table_lines
+    from clipxai.apps.evaluate.multilabel_job import MultilabelJob
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    out = str(Path(out_dir) / MULTILABEL_REPORT_FILE) if out_dir else None
+    job = MultilabelJob(bundle, images, labels, out, threshold, full_image, limit, batch_size, runtime, ray)
+    with cli_errors():
+        report = run_multilabel(job, ConsoleReporter())
+    for line in table_lines(report):
+        click.echo(line)
+    for key, what in (("missing_images", "listed but not found"), ("unlabelled_images", "not in the labels file"),
+                      ("unknown_classes", "classes the bundle does not know")):
+        if report[key]:
+            click.echo(f"  {len(report[key])} {what}: {', '.join(report[key][:5])}"
+                       f"{' ...' if len(report[key]) > 5 else ''}", err=True)
+    for item in report["skipped"]:
+        click.echo(f"  skipped {item['image']}: {item['reason']}", err=True)
+    if out:
+        click.echo(f"report: {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

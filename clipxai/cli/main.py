@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-sam": ("clipxai.export.sam_cli:export_sam", "Export SAM or SAM 2.1 as a mask-model bundle."),
     "segment": ("clipxai.cli.segment:segment", "Segment images, videos or a camera with a bundle."),
     "explain": ("clipxai.cli.explain:explain", "Which words made CLIP match an image (Grad-ECLIP)."),
-    "evaluate": ("clipxai.cli.evaluate:evaluate", "mIoU on a segmentation dataset, or faithfulness of maps."),
+    "evaluate": ("clipxai.cli.evaluate:evaluate", "mIoU, multi-label mAP, or faithfulness of maps."),
     "cache": ("clipxai.cli.cache:cache", "Fill or clear clipxai's caches."),
     "ros": ("clipxai.cli.ros:ros", "A ROS 2 node: segmentation and scores for an image topic (clipxai[ros])."),
 }

@@ -19,7 +19,8 @@ from clipxai.errors import ClipxaiError
 
 CACHE_DIR_HELP = ("Root of clipxai's caches (graphs, text encodings, TensorRT engines, verification stamps) "
                   "[default: $CLIPXAI_CACHE_DIR, else the user cache folder, ~/.cache/clipxai on Linux].")
-PROVIDERS_HELP = "Where graphs run: auto (TensorRT > CUDA > CPU), cpu, cuda or tensorrt."
+PROVIDERS_HELP = ("Where graphs run: auto (TensorRT > CUDA > CPU), cpu, cuda, tensorrt, or openvino "
+                  "(needs clipxai[openvino]).")
 COMMAND = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -83,13 +84,23 @@ RUNTIME_FLAGS = [
     Flag("--trt-fp16", is_flag=True, help="TensorRT: allow fp16 kernels."),
     Flag("--trt-cache", type=click.Path(file_okay=False), default=None,
          help="TensorRT engine cache folder [default: the cache root's engines folder]."),
+    Flag("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+         help="With --providers openvino: bf16 on a CPU with native bf16 (AVX-512 BF16 or AMX), for a bundle "
+              "whose bf16 fidelity passed its gate at export."),
+    Flag("--force-precision", is_flag=True, help="With --precision bf16: run it although the bundle's bf16 "
+                                                 "gate failed or was never measured."),
+    Flag("--ov-device", default="CPU", show_default=True,
+         help="With --providers openvino: the OpenVINO device (CPU, GPU, NPU, AUTO; only the CPU is tested)."),
 ]
 
 
-def _runtime(providers, threads, cache_dir, trt_fp16, trt_cache):
-    from clipxai.runtime.backends import NvidiaOptions, RuntimeOptions
+def _runtime(providers, threads, cache_dir, trt_fp16, trt_cache, precision, force_precision, ov_device):
+    from clipxai.runtime.backends import NvidiaOptions, OpenVINOOptions, RuntimeOptions
+    if (precision != "fp32" or force_precision or ov_device != "CPU") and providers.lower() != "openvino":
+        raise ClipxaiError("--precision, --force-precision and --ov-device are OpenVINO's: add --providers openvino")
     return "runtime", RuntimeOptions(providers=providers, threads=threads, cache_dir=cache_dir,
-                                     nvidia=NvidiaOptions(trt_fp16=trt_fp16, trt_cache_dir=trt_cache))
+                                     nvidia=NvidiaOptions(trt_fp16=trt_fp16, trt_cache_dir=trt_cache),
+                                     openvino=OpenVINOOptions(ov_device, precision, force_precision))
 
 
 runtime_options = _group(RUNTIME_FLAGS, _runtime)

@@ -11,11 +11,13 @@ from clipxai.cli import options as opt
 from clipxai.cli.console import ConsoleReporter, cli_errors
 from clipxai.common.images import IMAGE_SUFFIXES, image_files
 from clipxai.contract import (
+    DEFAULT_LABELS_MERGE_RATE,
     DEFAULT_EXPLAINER_BLOCKS, DEFAULT_IMAGE_SIZE, DEFAULT_METHOD, DEFAULT_PRECISION, DEFAULT_PRETRAINED,
     DEFAULT_TEXT_BATCH, METHODS, MIN_OPSET, PRECISIONS, REDUNDANCY_MODES,
 )
 from clipxai.errors import ClipxaiError
 from clipxai.methods import METHOD_TABLE
+from clipxai.templates import DEFAULT_TEMPLATES
 from clipxai.models.backbones import DEFAULT_BACKBONE  # torch-free table
 
 
@@ -65,6 +67,13 @@ def _human(n: int) -> str:
               help="With --text-encoder: add Grad-ECLIP's word explainer (clipxai explain, Predictor.explain_text).")
 @click.option("--explainer-blocks", type=click.IntRange(1), default=DEFAULT_EXPLAINER_BLOCKS, show_default=True,
               help="With --text-explainer: the last N text blocks it re-runs with one head (the reference's 8).")
+@click.option("--templates", default=DEFAULT_TEMPLATES, show_default=True,
+              help="Prompt templates: openai-85 (the 85-template ensemble), single ('a photo of a {}.'), or a "
+                   "UTF-8 FILE with one template per line, each with {} for the class. Recorded in the bundle; "
+                   "the device's text encoder uses them too.")
+@click.option("--labels-merge-rate", type=click.FloatRange(0.0, 1.0), default=DEFAULT_LABELS_MERGE_RATE,
+              show_default=True, help="Multi-label scores: the weight of the local (dense) logits, the class "
+                                      "token's get 1 - it (TaI-DPT's GL_merge_rate; docs/methods.md).")
 @click.option("--int8-layers", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
               help="int8: auto keeps the weight MatMuls that measurably hurt the maps in fp32 "
                    "(docs/performance.md); all quantizes every one.")

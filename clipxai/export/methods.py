@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from torch import nn
 
 from clipxai.errors import ClipxaiError
-from clipxai.export.graph import DenseOnnxModel, GradEclipOnnxModel, SurgeryOnnxModel, SurgeryResNetOnnxModel
-from clipxai.methods import METHOD_TABLE, METHODS_BY_NAME, Method, pos_embed_record
+from clipxai.export.graph import (
+    DenseOnnxModel, GradEclipOnnxModel, MaskClipResNetOnnxModel, SurgeryOnnxModel, SurgeryResNetOnnxModel,
+)
+from clipxai.methods import METHOD_TABLE, METHODS_BY_NAME, POS_EMBED_RESIZES, Method, pos_embed_record
 from clipxai.models.backbones import BackboneSpec
 from clipxai.models.dense_methods import DenseViT
 from clipxai.models.grad_eclip import GradEclipViT
-from clipxai.models.resnet_surgery import SurgeryResNet
+from clipxai.models.resnet_surgery import MaskClipResNet, SurgeryResNet
 from clipxai.models.surgery import SurgeryViT
 
 
@@ -48,6 +50,11 @@ def build_grad_eclip(method: Method, visual: nn.Module, spec: BackboneSpec, imag
 def build_dense(method: Method, visual: nn.Module, spec: BackboneSpec, image_size: int,
                 redundancy_mode: str) -> MethodGraph:
     """A dense ViT method (clipxai.models.dense_methods); the redundancy mode is unused."""
+    if spec.arch == "resnet":  # maskclip: TaI-DPT's dense path; the pool's embedding resized as for surgery
+        resnet = MaskClipResNet(visual, image_size).eval()
+        record = {"from_grid": resnet.from_grid, "to_grid": resnet.grid, **POS_EMBED_RESIZES["bilinear"],
+                  "applied": resnet.from_grid != resnet.grid}
+        return MethodGraph(MaskClipResNetOnnxModel(resnet).eval(), record)
     vit = DenseViT(visual, image_size, method.name).eval()
     return MethodGraph(DenseOnnxModel(vit).eval(),
                        pos_embed_record(method.name, spec.image_size // spec.patch_size, vit.grid))

@@ -14,8 +14,8 @@ from torch import nn
 
 import clipxai
 from clipxai.contract import (
-    INPUT_IMAGE, INPUT_REDUNDANCY, INPUT_TEXT, OUTPUT_EMBEDDING, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY,
-    MIN_OPSET, OUTPUTS,
+    INPUT_IMAGE, INPUT_REDUNDANCY, INPUT_TEXT, OUTPUT_EMBEDDING, OUTPUT_HEATMAPS, OUTPUT_LABELS, OUTPUT_SCORES,
+    OUTPUT_SIMILARITY, MIN_OPSET, OUTPUTS,
 )
 
 
@@ -26,8 +26,8 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET,
 
     embed_dim: None for ``forward(image)`` (vocabulary baked in); D for a module
     ``forward(image, text [K, D], redundancy [D])`` exported with the vocabulary
-    as inputs and a dynamic K. A model with ``with_embedding`` set has a fourth output,
-    image_embedding [B, D].
+    as inputs and a dynamic K. A model with ``with_labels`` set also outputs labels [B, K], one
+    with ``with_embedding`` set image_embedding [B, D] (``graph_output_names``).
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} < {MIN_OPSET}")
@@ -44,9 +44,10 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET,
         dynamic = {INPUT_IMAGE: {0: "batch"}, INPUT_TEXT: {0: "classes"},
                    OUTPUT_SIMILARITY: {0: "batch", 2: "classes"}, OUTPUT_SCORES: {0: "batch", 1: "classes"},
                    OUTPUT_HEATMAPS: {0: "batch", 1: "classes"}}
-    outputs = list(OUTPUTS)
-    if getattr(model, "with_embedding", False):
-        outputs.append(OUTPUT_EMBEDDING)
+    outputs = graph_output_names(model)
+    if OUTPUT_LABELS in outputs:
+        dynamic[OUTPUT_LABELS] = {0: "batch"} if embed_dim is None else {0: "batch", 1: "classes"}
+    if OUTPUT_EMBEDDING in outputs:
         dynamic[OUTPUT_EMBEDDING] = {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript-based exporter is deprecated but fast and exports this
@@ -58,6 +59,16 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET,
             opset_version=opset, do_constant_folding=True, dynamo=False,
         )
     return finish_graph(path, data_file)
+
+
+def graph_output_names(model: nn.Module) -> list[str]:
+    """The image graph's outputs in the order the module returns them (clipxai.export.graph)."""
+    names = list(OUTPUTS)
+    if getattr(model, "with_labels", False):
+        names.append(OUTPUT_LABELS)
+    if getattr(model, "with_embedding", False):
+        names.append(OUTPUT_EMBEDDING)
+    return names
 
 
 def finish_graph(path: str | Path, data_file: str | None = None) -> onnx.ModelProto:

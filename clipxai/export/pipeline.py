@@ -32,7 +32,8 @@ from clipxai.manifest import (
 )
 from clipxai.runtime.bundle import manifest_digest
 from clipxai.export.fidelity import (
-    GATES, gate_failures, load_images, measure_fidelity, preprocess_images, run_outputs, synthetic_scenes,
+    GATES, compare_outputs, gate_failures, load_images, measure_fidelity, preprocess_images, run_outputs,
+    synthetic_scenes,
 )
 from clipxai.export.graph import BakedVocabulary
 from clipxai.export.methods import build_method_graph, check_method, uses_redundancy
@@ -44,7 +45,8 @@ from clipxai.export.text_graph import (
 from clipxai.export.verify import verify_onnx
 from clipxai.models.backbones import DEFAULT_BACKBONE, resolve_backbone
 from clipxai.models.loading import OPENAI, RANDOM, load_clip
-from clipxai.models.text import TEMPLATE_SET, TEMPLATES, encode_vocabulary, redundancy_vector
+from clipxai.models.text import TEMPLATE_SET, encode_vocabulary, redundancy_vector
+from clipxai.templates import DEFAULT_TEMPLATES, resolve_templates
 from clipxai.models.text_explainer import DEFAULT_BLOCKS, TextExplainer
 from clipxai.vocabulary import validate_classes
 
@@ -79,6 +81,7 @@ class ExportConfig:
     text_explainer: bool = False  # add Grad-ECLIP's word explainer graph (needs text_encoder)
     explainer_blocks: int = DEFAULT_BLOCKS  # the last n text blocks it re-runs with one head
     labels_merge_rate: float = DEFAULT_LABELS_MERGE_RATE  # labels: weight of the local logits (TaI-DPT's)
+    templates: str = DEFAULT_TEMPLATES  # "openai-85", "single" or a file of templates (clipxai/templates.py)
 
 
 @dataclass
@@ -127,6 +130,8 @@ class _Plan:
     spec: object                 # BackboneSpec
     choice: object               # BackboneChoice
     mode: str | None             # feature-surgery redundancy mode (None: the method has none)
+    template_set: str = TEMPLATE_SET  # the manifest's templates.set
+    templates: tuple[str, ...] = ()   # the prompt templates
 
 
 def _plan(cfg: ExportConfig) -> _Plan:
@@ -150,17 +155,19 @@ def _plan(cfg: ExportConfig) -> _Plan:
             f"--image-size {cfg.image_size} is not a multiple of {spec.name}'s {cell} {spec.patch_size}; "
             f"try {max(spec.patch_size, round(cfg.image_size / spec.patch_size) * spec.patch_size)}"
         )
+    template_set, templates = resolve_templates(cfg.templates)
     check_output(Path(cfg.output), cfg.overwrite)  # fail before the slow part
-    return _Plan(classes, spec, choice, mode)
+    return _Plan(classes, spec, choice, mode, template_set, templates)
 
 
 def _encode_text(cfg: ExportConfig, plan: _Plan, model, tokenizer, rep: Reporter):
     """(text embeddings [K, D], redundancy vector [D]) with the prompt ensemble, with a progress bar."""
-    n_prompts = (len(plan.classes) + 1) * len(TEMPLATES)
-    rep.step(f"encoding {len(plan.classes)} classes x {len(TEMPLATES)} templates (+ empty prompt)")
+    n_prompts = (len(plan.classes) + 1) * len(plan.templates)
+    rep.step(f"encoding {len(plan.classes)} classes x {len(plan.templates)} templates (+ empty prompt)")
     with rep.progress(n_prompts, "text") as advance:
-        text = encode_vocabulary(model, tokenizer, plan.classes, batch_size=cfg.text_batch_size, on_progress=advance)
-        redundancy = redundancy_vector(model, tokenizer, on_progress=advance)
+        text = encode_vocabulary(model, tokenizer, plan.classes, plan.templates, batch_size=cfg.text_batch_size,
+                                 on_progress=advance)
+        redundancy = redundancy_vector(model, tokenizer, plan.templates, on_progress=advance)
     return text, redundancy
 
 
@@ -189,7 +196,8 @@ def _verify(cfg: ExportConfig, staging: Path, graph_model, loaded, tokenizer, vo
     verification = dict(errs, tolerance=cfg.tolerance)
     worst = max(errs["similarity"], errs["heatmaps"], errs.get(OUTPUT_LABELS, 0.0) / LOGIT_SCALE)  # labels: 100·cos
     if cfg.text_encoder:
-        prompts = [tpl.format(c) for c in (cfg.classes[0], "") for tpl in TEMPLATES]  # any class checks it
+        templates = resolve_templates(cfg.templates)[1]
+        prompts = [tpl.format(c) for c in (cfg.classes[0], "") for tpl in templates]  # any class checks it
         ids = tokenizer(prompts).numpy()
         lengths = (ids == tokenizer.eot_token_id).argmax(axis=1) + 1  # through the first end token
         verification["text_encoder"] = verify_text_onnx(staging / TEXT_ENCODER_FILE, loaded.model, ids, lengths)
@@ -220,6 +228,7 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
     tokenizer = open_clip.get_tokenizer(plan.spec.open_clip_name)
     if cfg.text_encoder:
         _check_clip_tokenizer(tokenizer, plan.spec.name)
+    _check_template_lengths(plan, tokenizer)
     text, redundancy = _encode_text(cfg, plan, loaded.model, tokenizer, rep)
 
     built = build_method_graph(cfg.method, loaded.model.visual, plan.spec, cfg.image_size, plan.mode)
@@ -243,8 +252,9 @@ def export_bundle(cfg: ExportConfig, reporter: Reporter | None = None) -> Export
             verification = _verify(cfg, staging, graph_model, loaded, tokenizer, vocabulary, rep,
                                    explainer)
         fidelity = _lower_precision(cfg, staging, loaded, rep, vocabulary) if cfg.precision != "fp32" else None
+        bf16 = _bf16_fidelity(cfg, staging, loaded, rep, vocabulary) if cfg.precision == "fp32" else None
         manifest = build_manifest(cfg, plan, loaded, built, text.shape[1], verification, explainer)
-        manifest = finalize_manifest(staging, dataclasses.replace(manifest, fidelity=fidelity))
+        manifest = finalize_manifest(staging, dataclasses.replace(manifest, fidelity=fidelity, bf16_fidelity=bf16))
     output = Path(cfg.output)
     return ExportResult(output, bundle_size(output), time.perf_counter() - start, verification, manifest,
                         manifest_digest(output))
@@ -254,6 +264,42 @@ def _fidelity_images(cfg: ExportConfig) -> tuple[np.ndarray, str]:
     if cfg.fidelity_images:
         return load_images(cfg.fidelity_images, cfg.image_size), f"{len(cfg.fidelity_images)} user images"
     return synthetic_scenes(cfg.fidelity_count, cfg.image_size), "synthetic scenes (seed 0)"
+
+
+def _graph_extra(cfg: ExportConfig, vocabulary) -> dict:
+    extra = {} if vocabulary is None else {INPUT_TEXT: vocabulary[0], INPUT_REDUNDANCY: vocabulary[1]}
+    if not uses_redundancy(cfg.method):
+        extra.pop(INPUT_REDUNDANCY, None)
+    return extra
+
+
+def _bf16_fidelity(cfg: ExportConfig, staging: Path, loaded, rep: Reporter, vocabulary=None) -> dict | None:
+    """The fp32 graph run in OpenVINO bf16 against onnxruntime fp32, gated as int8 (fidelity.GATES["bf16"]),
+    for the manifest's ``bf16_fidelity``; None (not measured) without OpenVINO or on a CPU without native
+    bf16. A failed gate is recorded, not an error: the bundle is fp32, the runtime refuses it bf16."""
+    from clipxai.export.fidelity import run_outputs_openvino
+    from clipxai.runtime.backends.openvino import native_bf16
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        rep.note("bf16 fidelity not measured (OpenVINO not installed: clipxai[openvino])")
+        return None
+    if not native_bf16():
+        rep.note("bf16 fidelity not measured (this CPU has no native bf16)")
+        return None
+    images, source = _fidelity_images(cfg)
+    extra = _graph_extra(cfg, vocabulary)
+    x = preprocess_images(images, loaded.mean, loaded.std)
+    rep.step(f"measuring OpenVINO bf16 fidelity against fp32 on {len(images)} {source.split(' (')[0]}")
+    reference = run_outputs(staging / MODEL_FILE, x, extra)
+    report = compare_outputs(reference, run_outputs_openvino(staging / MODEL_FILE, x, extra, "bf16"), x.shape[-1])
+    gate = GATES["bf16"]
+    failures = gate_failures(report, gate)
+    report.update(provider="OpenVINO:CPU bf16", image_source=source,
+                  gate={"correlation": gate.correlation, "pixel_agreement": gate.pixel_agreement}, passed=not failures)
+    if failures:
+        rep.warn(f"bf16 (OpenVINO) fails the fidelity gate: {'; '.join(failures)}; the runtime will refuse bf16")
+    return report
 
 
 def _lower_precision(cfg: ExportConfig, staging: Path, loaded, rep: Reporter, vocabulary=None) -> dict:
@@ -341,6 +387,18 @@ def _int8_accuracy_aware(cfg: ExportConfig, staging: Path, x: np.ndarray, extra:
     return final, conversion, dict(choice.report)
 
 
+def _check_template_lengths(plan: _Plan, tokenizer) -> None:
+    """Every template (without a class name) must fit CLIP's 77-token context, or its prompts would be cut."""
+    encode = getattr(tokenizer, "encode", None)
+    if encode is None:  # not CLIP's BPE tokenizer: its own truncation applies
+        return
+    for tpl in plan.templates:
+        n = len(encode(tpl.format(""))) + 2  # + start and end tokens
+        if n > CONTEXT_LENGTH:
+            raise ClipxaiError(f"the template {tpl!r} is {n} tokens without a class name, longer than CLIP's "
+                               f"{CONTEXT_LENGTH}-token context; shorten it")
+
+
 def _check_clip_tokenizer(tokenizer, name: str) -> None:
     """The device reimplements open_clip's SimpleTokenizer (CLIP BPE, 77 tokens) only."""
     from open_clip.tokenizer import SimpleTokenizer
@@ -390,7 +448,8 @@ def build_manifest(cfg: ExportConfig, plan: _Plan, loaded, built, embed_dim: int
         preprocess=ClipPreprocess(resize="squash", interpolation="bicubic", mean=tuple(loaded.mean),
                                   std=tuple(loaded.std), color="RGB"),
         classes=tuple(classes),
-        templates=Templates(set=TEMPLATE_SET, count=len(TEMPLATES)),
+        templates=Templates(set=plan.template_set, count=len(plan.templates),
+                            prompts=None if plan.template_set == TEMPLATE_SET else plan.templates),
         redundancy=plan.mode,
         logit_scale=LOGIT_SCALE,
         labels_merge_rate=cfg.labels_merge_rate,

@@ -9,9 +9,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from clipxai.contract import (
-    INPUT_IMAGE, INPUT_REDUNDANCY, INPUT_TEXT, OUTPUT_EMBEDDING, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY,
-)
+from clipxai.contract import INPUT_IMAGE, INPUT_REDUNDANCY, INPUT_TEXT
+from clipxai.export.onnx_export import graph_output_names
 
 
 def verification_images(size: int, mean, std, batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -29,7 +28,8 @@ def verification_images(size: int, mean, std, batch: int = 2, seed: int = 0) -> 
 
 def verify_onnx(onnx_path: str | Path, model: nn.Module, mean, std, batch: int = 2,
                 vocabulary: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
-    """Max abs errors {similarity, heatmaps, scores[, image_embedding]} of the ONNX graph vs torch, batch 2.
+    """Max abs errors {similarity, heatmaps, scores[, labels][, image_embedding]} of the ONNX graph vs torch,
+    batch 2.
 
     vocabulary: (text [K, D], redundancy [D]) for a graph that takes them as inputs.
     """
@@ -43,9 +43,7 @@ def verify_onnx(onnx_path: str | Path, model: nn.Module, mean, std, batch: int =
     if vocabulary is not None:
         feeds.update({INPUT_TEXT: vocabulary[0], INPUT_REDUNDANCY: vocabulary[1]})
         args += [torch.from_numpy(vocabulary[0]), torch.from_numpy(vocabulary[1])]
-    names = [OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS]
-    if getattr(model, "with_embedding", False):
-        names.append(OUTPUT_EMBEDDING)
+    names = graph_output_names(model)
     ours = sess.run(names, {k: v for k, v in feeds.items() if k in inputs})
     with torch.no_grad():
         theirs = [t.numpy() for t in model(*args)]

@@ -109,6 +109,18 @@ class GradEclipViT(nn.Module):
                              persistent=False)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(maps H [B, N, K], plain CLIP's class-token embedding [B, D])."""
+        maps, cls_embedding, _ = self._run(image, text)
+        return maps, cls_embedding
+
+    def with_patch_tokens(self, image: torch.Tensor, text: torch.Tensor):
+        """``forward``'s two outputs plus plain CLIP's projected patch tokens [B, N, D] (the last
+        block run unchanged over every token), the dense features of the multi-label scores."""
+        maps, cls_embedding, x = self._run(image, text)
+        tokens = plain_block(self.visual.transformer.resblocks[-1], x)[:, 1:]
+        return maps, cls_embedding, self.visual.ln_post(tokens) @ self.visual.proj
+
+    def _run(self, image: torch.Tensor, text: torch.Tensor):
         vis = self.visual
         blocks = vis.transformer.resblocks
         x = embed_tokens(vis, self.pos_embed, image)
@@ -149,4 +161,4 @@ class GradEclipViT(nn.Module):
 
         # 4. H_k,i = ReLU(Σ_c g_k,c v_i,c λ_i).
         maps = torch.relu((v[:, 1:] @ g.transpose(1, 2)) * lam.unsqueeze(-1))  # [B, N, K]
-        return maps, cls_embedding
+        return maps, cls_embedding, x

@@ -81,17 +81,40 @@ class SurgeryResNet(nn.Module):
         self.register_buffer("pos_embed", resize_pos_embed(pool.positional_embedding, self.grid), persistent=False)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        v = self.visual
-        x = v.stem(image)
-        x = v.layer4(v.layer3(v.layer2(v.layer1(x))))  # [B, C, g, g]
-        x = x.flatten(2).transpose(1, 2)  # [B, N, C]
-        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + self.pos_embed.to(x.dtype)  # [B, 1+N, C]
-        pool = v.attnpool
-        heads = pool.num_heads
-        val = split_heads(pool.v_proj(x), heads)  # [B, H, 1+N, d]
+        x = self.pool_input(self.cells(image))
+        pool = self.visual.attnpool
+        val = split_heads(pool.v_proj(x), pool.num_heads)  # [B, H, 1+N, d]
         tokens = pool.c_proj(merge_heads(attend(val, val, val)))
-        # Plain attention pool: the mean token's query over all tokens.
+        return tokens, self.plain_pool(x)
+
+    def cells(self, image: torch.Tensor) -> torch.Tensor:
+        """The last feature map's cells [B, N, C] (before the attention pool)."""
+        v = self.visual
+        x = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(image)))))  # [B, C, g, g]
+        return x.flatten(2).transpose(1, 2)
+
+    def pool_input(self, cells: torch.Tensor) -> torch.Tensor:
+        """[B, 1+N, C]: the mean token and the cells, plus the (resized) positional embedding."""
+        return torch.cat([cells.mean(dim=1, keepdim=True), cells], dim=1) + self.pos_embed.to(cells.dtype)
+
+    def plain_pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain CLIP's attention pool (the mean token's query over all tokens): [B, 1+N, C] -> [B, D]."""
+        pool = self.visual.attnpool
+        heads = pool.num_heads
         q0 = split_heads(pool.q_proj(x[:, :1]), heads)
-        key = split_heads(pool.k_proj(x), heads)
-        image_embedding = pool.c_proj(merge_heads(attend(q0, key, val)))[:, 0]
-        return tokens, image_embedding
+        key, val = split_heads(pool.k_proj(x), heads), split_heads(pool.v_proj(x), heads)
+        return pool.c_proj(merge_heads(attend(q0, key, val)))[:, 0]
+
+
+class MaskClipResNet(SurgeryResNet):
+    """MaskCLIP's dense features of a ResNet, as TaI-DPT's ZeroshotCLIP_dense computes them.
+
+    forward(image [B, 3, S, S]) -> (local [B, N, D], image_embedding [B, D]): local = c_proj(v_proj(cell))
+    per cell of the last feature map (no positional embedding, no attention); image_embedding: plain
+    CLIP's attention pool (positional embedding resized as for surgery).
+    """
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cells = self.cells(image)
+        pool = self.visual.attnpool
+        return pool.c_proj(pool.v_proj(cells)), self.plain_pool(self.pool_input(cells))

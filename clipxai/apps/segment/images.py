@@ -26,6 +26,7 @@ def run_images(job: SegmentJob, reporter: Reporter, stop: threading.Event) -> Su
 
 def _run(job: SegmentJob, seg: Segmenter, files: list[Path], failures: list, reporter: Reporter,
          stop: threading.Event) -> Summary:
+    """The image loop, while the output folder is ours."""
     announce(reporter, seg, len(files), "image")
     summary = Summary(failures=list(failures))
     writer = ResultWriter(job.out_dir, seg.predictor, output_names(files), job.overlays, seg.sam)

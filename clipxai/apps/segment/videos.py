@@ -59,6 +59,7 @@ def run_videos(job: SegmentJob, reporter: Reporter, stop: threading.Event) -> Su
 
 
 def _run(job: SegmentJob, seg: Segmenter, heat: int | None, reporter: Reporter, stop: threading.Event) -> Summary:
+    """The videos, then the camera, one after the other, while the output folder is ours."""
     videos = [Path(v) for v in job.videos()]
     names = output_names(videos)
     sources = [(str(v), str(names[v])) for v in videos]

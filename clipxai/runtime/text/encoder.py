@@ -25,7 +25,7 @@ from clipxai.runtime.bundle import Bundle
 from clipxai.runtime.text.cache import EncodingCache, default_cache_dir
 from clipxai.runtime.backends import ProviderSpec, RuntimeOptions, open_graph
 from clipxai.runtime.text.tokenizer import Tokenizer
-from clipxai.templates import TEMPLATES
+from clipxai.templates import TEMPLATES, template_problem
 from clipxai.vocabulary import validate_classes
 
 BATCH_SIZE = 256
@@ -131,28 +131,23 @@ def check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
     if not out:
         raise ClipxaiError("templates is empty; pass None for the 85-template ensemble")
     for t in out:
-        try:
-            ok = isinstance(t, str) and t.count("{}") == 1 and t.format("\0").count("\0") == 1
-        except (ValueError, IndexError, KeyError):
-            ok = False
-        if not ok:
-            raise ClipxaiError(f"template {t!r} must contain exactly one '{{}}' for the class name "
-                               "(and no other braces)")
+        if (problem := template_problem(t)) is not None:
+            raise ClipxaiError(problem)
     return out
 
 
 def build_vocabulary(bundle: Bundle, encoder: TextEncoder, names: Sequence[str],
                      templates: Sequence[str] | None = None, cache: bool | str | Path = True) -> Vocabulary:
-    """Embeddings for ``names`` with ``templates`` (None: the 85 of the bundle).
+    """Embeddings for ``names`` with ``templates`` (None: the bundle's, ``bundle_templates``).
 
     With the bundle's own templates, its exported classes and redundancy vector
     are taken from the bundle; other names come from the cache or are encoded.
     cache: True (default directory), False (none) or a directory.
     """
     classes = validate_classes(names, source="classes")
-    tpl = check_templates(templates)
+    tpl = bundle_templates(bundle) if templates is None else check_templates(templates)
     exported = bundle.manifest.templates
-    own = tpl == TEMPLATES and exported is not None and exported.count == len(TEMPLATES)
+    own = tpl == bundle_templates(bundle) and exported is not None and exported.count == len(tpl)
     store = None
     if cache is not False:
         root = default_cache_dir() if cache is True else Path(cache)
@@ -181,11 +176,18 @@ def build_vocabulary(bundle: Bundle, encoder: TextEncoder, names: Sequence[str],
     return Vocabulary(classes, text, found[""].astype(np.float32), tpl)
 
 
+def bundle_templates(bundle: Bundle) -> tuple[str, ...]:
+    """The templates the bundle was exported with: the manifest's ``templates.prompts`` (``clipxai export
+    --templates``), else the 85 of docs/design.md §5 (bundles exported with the default, or before)."""
+    exported = bundle.manifest.templates
+    return tuple(exported.prompts) if exported is not None and exported.prompts else TEMPLATES
+
+
 def initial_vocabulary(bundle: Bundle) -> Vocabulary | None:
     """A text-encoder bundle starts with its exported classes; others have them baked in (None)."""
     if not has_text_encoder(bundle):
         return None
-    return Vocabulary(bundle.classes, bundle.text_embeddings(), bundle.redundancy(), TEMPLATES)
+    return Vocabulary(bundle.classes, bundle.text_embeddings(), bundle.redundancy(), bundle_templates(bundle))
 
 
 def vocabulary_feeds(vocabulary: Vocabulary | None, graph_inputs=None) -> dict[str, np.ndarray]:
