@@ -76,7 +76,8 @@ def surgery_vit_gflop(width, layers, heads, patch, image_size, embed_dim, classe
     Blocks 0..L-2: full original path. Last block: v for all tokens; the class
     token's query, its attention row through u = W_kᵀ q (no keys), out-projection
     and MLP. Surgery path (last ``surgery_blocks``): v-v attention +
-    out-projection. Then ln_post/proj for all tokens and the similarity.
+    out-projection. Then ln_post/proj for all tokens, the similarity and the multi-label
+    logits (``labels``: the tokens' cosines before feature surgery, TaI-DPT's protocol).
     (tests/test_benchmark_flops.py checks this against the exported graph.)
     """
     c, n = width, (image_size // patch) ** 2
@@ -91,7 +92,8 @@ def surgery_vit_gflop(width, layers, heads, patch, image_size, embed_dim, classe
     flops = (2 * n * 3 * patch * patch * c         # patch embedding
              + (layers - 1) * full_block + last_block + surgery_path
              + 2 * t * c * embed_dim                # ln_post @ proj
-             + 2 * t * embed_dim * classes)         # similarity
+             + 2 * t * embed_dim * classes          # similarity
+             + 2 * t * embed_dim * classes)         # labels: every token's cosines before feature surgery
     return flops / 1e9
 
 
