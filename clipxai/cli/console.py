@@ -21,6 +21,7 @@ import contextlib
 import signal
 import sys
 import threading
+import time
 from typing import Iterator
 
 import click
@@ -128,7 +129,6 @@ class _Counter:
     """``label: N, info`` rewritten on one stderr line at most twice a second."""
 
     def __init__(self, label: str):
-        import time
         self.label, self.done, self.shown, self.clock = label, 0, 0.0, time.perf_counter
 
     def advance(self, n: int = 1, info: str | None = None) -> None:

@@ -9,7 +9,6 @@ clipxai/contract.py.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import click
 
@@ -177,6 +176,3 @@ def alias_value(value, name: str):
     aliased = click.get_current_context().meta.get("aliases", {}).get(name)
     return aliased if value is None else value
 
-
-def as_path(value) -> Path | None:
-    return None if value is None else Path(value)

@@ -47,14 +47,8 @@ class EvalJob:
 
 def open_predictor(job: EvalJob, stamps: str | Path | None = None):
     """The predictor with the job's segmentation settings; stamps: see Predictor.from_bundle."""
-    from clipxai.runtime.predictor import Predictor
-    seg = job.segmentation
-    predictor = Predictor.from_bundle(job.bundle, options=job.runtime, stamps=stamps)
-    if seg.slide is not None:
-        from clipxai.runtime.sliding import check_slide
-        check_slide(seg.slide.stride, seg.slide.short_side, predictor.bundle.image_size)
-    predictor.set_segmentation(seg.logit_scale, seg.prob_threshold, seg.background_classes, seg.background_threshold)
-    return predictor
+    from clipxai.apps.segment.load import segmenting_predictor
+    return segmenting_predictor(job.bundle, job.runtime, job.segmentation, stamps=stamps)
 
 
 def predict_fn(job: EvalJob, predictor) -> Callable[[Path], np.ndarray]:

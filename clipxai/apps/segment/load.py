@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipxai.apps.segment.job import SamOptions, SegmentJob
+from clipxai.apps.segment.job import SamOptions, SegmentationOptions, SegmentJob
 from clipxai.errors import ClipxaiError
 
 
@@ -25,16 +25,23 @@ class SamAttachment:
         return self.predictor.masks_for(prediction, list(self.classes))
 
 
-def open_predictor(job: SegmentJob, stamps: str | Path | None = None):
-    """The job's Predictor, with its segmentation settings; stamps: see Predictor.from_bundle."""
+def segmenting_predictor(bundle: str, runtime, segmentation: SegmentationOptions, digest: str | None = None,
+                         stamps: str | Path | None = None):
+    """A Predictor for ``bundle`` with ``segmentation``'s settings, its sliding windows checked against the
+    bundle's size (segment and evaluate alike); digest, stamps: see Predictor.from_bundle."""
     from clipxai.runtime.predictor import Predictor
-    seg = job.segmentation
-    predictor = Predictor.from_bundle(job.bundle, options=job.runtime, digest=job.expect_digest, stamps=stamps)
-    predictor.set_segmentation(seg.logit_scale, seg.prob_threshold, seg.background_classes, seg.background_threshold)
+    seg = segmentation
+    predictor = Predictor.from_bundle(bundle, options=runtime, digest=digest, stamps=stamps)
     if seg.slide is not None:
         from clipxai.runtime.sliding import check_slide
         check_slide(seg.slide.stride, seg.slide.short_side, predictor.bundle.image_size)
+    predictor.set_segmentation(seg.logit_scale, seg.prob_threshold, seg.background_classes, seg.background_threshold)
     return predictor
+
+
+def open_predictor(job: SegmentJob, stamps: str | Path | None = None):
+    """The job's Predictor, with its segmentation settings; stamps: see Predictor.from_bundle."""
+    return segmenting_predictor(job.bundle, job.runtime, job.segmentation, job.expect_digest, stamps)
 
 
 def choose_classes(job: SegmentJob, predictor) -> list[str] | None:
