@@ -31,6 +31,18 @@ MASK_POINT_COORDS = "point_coords"            # float32 [B, N, 2], (x, y) in the
 MASK_POINT_LABELS = "point_labels"            # float32 [B, N]: 1 positive, 0 negative, -1 padding
 MASK_LOW_RES = "low_res_masks"                # float32 [B, 4, 256, 256] logits of the four mask tokens
 MASK_IOU = "iou_predictions"                  # float32 [B, 4]
+# SAM 2.1 tracking graphs (clipxai/models/sam_video.py; docs/tracking.md)
+MASK_MEMORY_ATTENTION_FILE = "memory_attention.onnx"
+MASK_MEMORY_ENCODER_FILE = "memory_encoder.onnx"
+MASK_TRACK_DECODER_FILE = "track_decoder.onnx"
+MASK_MEMORIES = "memories"                    # float32 [B, M, 64, 64, 64]: the bank's memories
+MASK_MEMORY_SLOTS = "memory_slots"            # int64 [B, M]: each memory's temporal slot
+MASK_POINTERS = "object_pointers"             # float32 [B, P, 256] in, [B, 4, 256] out (one per mask token)
+MASK_POINTER_DISTANCES = "pointer_distances"  # float32 [B, P]: frame distance / (max pointers - 1)
+MASK_CONDITIONED = "features"                 # float32 [B, 256, 64, 64]: memory-conditioned (or prompted) features
+MASK_MASK_LOGITS = "mask_logits"              # float32 [B, 1, 256, 256]: the chosen low-res logits
+MASK_OBJECT_SCORE = "object_score_logits"     # float32 [B, 1]: > 0 where the object is visible
+MASK_BINARIZE = "binarize"                    # float32 [B]: 1 for a frame prompted with points
 
 # Limits a manifest is checked against (larger values are refused, not allocated).
 MAX_IMAGE_SIZE = 2048

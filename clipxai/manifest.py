@@ -24,7 +24,10 @@ from typing import Any, Callable, ClassVar
 from clipxai.contract import (
     BPE_VOCAB_FILE, CONTEXT_LENGTH, EXPLAIN_INPUT_EMBEDDING, EXPLAIN_OUTPUT_COSINE, EXPLAIN_OUTPUT_WEIGHTS,
     KIND_CLIP, KIND_MASK, MASK_DECODER_FILE, MASK_EMBEDDINGS, MASK_ENCODER_FILE, MASK_FAMILIES,
-    MASK_HIGH_RES, MASK_IMAGE_SIZE, MASK_INPUT_IMAGE, MASK_IOU, MASK_LOW_RES, MASK_POINT_COORDS, MASK_POINT_LABELS,
+    MASK_BINARIZE, MASK_CONDITIONED, MASK_HIGH_RES, MASK_IMAGE_SIZE, MASK_INPUT_IMAGE, MASK_IOU, MASK_LOW_RES,
+    MASK_MASK_LOGITS, MASK_MEMORIES, MASK_MEMORY_ATTENTION_FILE, MASK_MEMORY_ENCODER_FILE, MASK_MEMORY_SLOTS,
+    MASK_OBJECT_SCORE, MASK_POINT_COORDS, MASK_POINT_LABELS, MASK_POINTER_DISTANCES, MASK_POINTERS,
+    MASK_TRACK_DECODER_FILE,
     MAX_CLASSES, MAX_IMAGE_SIZE, METHODS, MODEL_FILE, OUTPUTS, PRECISIONS, REDUNDANCY_AUTO, REDUNDANCY_MODES,
     SUPPORTED_SCHEMAS, TEXT_ENCODER_FILE, TEXT_EXPLAINER_FILE, TEXT_INPUT_EOT, TEXT_INPUT_IDS, TEXT_OUTPUT,
 )
@@ -643,6 +646,28 @@ class MaskGraphs(Record):
         return {"encoder": self.encoder, "decoder": self.decoder}
 
 
+@dataclass(frozen=True)
+class Tracking(Record):
+    """SAM 2.1's video graphs and the constants of its memory (docs/tracking.md)."""
+
+    num_maskmem: int = value(integer(2, 64), required=True)
+    max_obj_ptrs: int = value(integer(2, 1024), required=True)
+    mem_dim: int = value(integer(1, 4096), required=True)
+    hidden_dim: int = value(integer(1, 4096), required=True)
+    multimask_max_points: int = value(integer(0, 1024), required=True)
+    fill_hole_area: int = value(integer(0, 1 << 16), required=True)
+    no_object_score: float = value(number(), required=True)
+    memory_attention: MaskGraph = section(MaskGraph, required=True)
+    memory_encoder: MaskGraph = section(MaskGraph, required=True)
+    decoder: MaskGraph = section(MaskGraph, required=True)
+    verification: dict | None = value(optional(OBJECT))
+    extra: dict = extra()
+
+    def graphs(self) -> dict[str, MaskGraph]:
+        return {"memory_attention": self.memory_attention, "memory_encoder": self.memory_encoder,
+                "track_decoder": self.decoder}
+
+
 # Per family: how images are resized (what the runtime's preprocessing must be told) and the encoder's features.
 MASK_RESIZE = {"sam": "longest-side", "sam2": "stretch"}
 MASK_FEATURES = {"sam": (MASK_EMBEDDINGS,), "sam2": (*MASK_HIGH_RES, MASK_EMBEDDINGS)}
@@ -671,10 +696,13 @@ class MaskManifest(Manifest):
     verification: dict | None = value(optional(OBJECT))
     fidelity: dict | None = value(FIDELITY)
     files: dict[str, FileEntry] = table(FileEntry, FILE_TABLE, required=True)
+    tracking: Tracking | None = section(Tracking, nullable=True, omit_none=True)
     extra: dict = extra()
 
     def _graph_ios(self) -> dict[str, tuple[Tensors, Tensors]]:
-        return {g.file: (g.inputs, g.outputs) for g in (self.graphs.encoder, self.graphs.decoder)}
+        graphs = [self.graphs.encoder, self.graphs.decoder]
+        graphs += list(self.tracking.graphs().values()) if self.tracking else []
+        return {g.file: (g.inputs, g.outputs) for g in graphs}
 
     def _consistency(self) -> str | None:
         """The family, the preprocessing and both graphs' IO must be what the runtime runs (MASK_* names)."""
@@ -695,9 +723,26 @@ class MaskManifest(Manifest):
             lambda: _agree(enc.outputs, dec.inputs, features),
             lambda: _tokens(dec.outputs),
             lambda: _float32(self.graphs),
+            lambda: self._tracking_problem(),
         )
         for check in checks:
             problem = check()
+            if problem:
+                return problem
+        return None
+
+
+    def _tracking_problem(self) -> str | None:
+        if self.tracking is None:
+            return None
+        if self.family != "sam2":
+            return f"family {self.family!r} has no memory; 'tracking' is for sam2 bundles only"
+        want = tracking_graphs(self.tracking.hidden_dim, self.tracking.mem_dim)
+        for name, graph in self.tracking.graphs().items():
+            expected = want.graphs()[name]
+            problem = (self._files_problem([expected.file]) or _equal(f"tracking.{name}.file", graph.file, expected.file)
+                       or _io(self.family, f"tracking.{name}.inputs", graph.inputs, list(expected.inputs))
+                       or _io(self.family, f"tracking.{name}.outputs", graph.outputs, list(expected.outputs)))
             if problem:
                 return problem
         return None
@@ -766,3 +811,37 @@ MANIFESTS: dict[str, type[Manifest]] = {KIND_CLIP: ClipManifest, KIND_MASK: Mask
 def parse(d: dict, kind: str) -> Manifest:
     """A checked manifest of ``kind`` from its JSON object; ManifestError with the first problem."""
     return MANIFESTS[kind].from_dict(d)
+
+
+@dataclass(frozen=True)
+class _TrackingGraphs:
+    memory_attention: MaskGraph
+    memory_encoder: MaskGraph
+    decoder: MaskGraph
+
+    def graphs(self) -> dict[str, MaskGraph]:
+        return {"memory_attention": self.memory_attention, "memory_encoder": self.memory_encoder,
+                "track_decoder": self.decoder}
+
+
+def tracking_graphs(hidden_dim: int = 256, mem_dim: int = 64) -> _TrackingGraphs:
+    """SAM 2.1's three tracking graphs as the runtime runs them (docs/tracking.md): B objects, M memories,
+    P object pointers, N points."""
+    f32 = lambda *shape: TensorSpec.of("float32", shape)  # noqa: E731
+    g, low = MASK_IMAGE_SIZE // 16, MASK_IMAGE_SIZE // 4
+    embeddings = {MASK_EMBEDDINGS: f32(1, hidden_dim, g, g)}
+    attention = MaskGraph(MASK_MEMORY_ATTENTION_FILE, {
+        **embeddings, MASK_MEMORIES: f32("objects", "memories", mem_dim, g, g),
+        MASK_MEMORY_SLOTS: TensorSpec.of("int64", ["objects", "memories"]),
+        MASK_POINTERS: f32("objects", "pointers", hidden_dim), MASK_POINTER_DISTANCES: f32("objects", "pointers")},
+        {MASK_CONDITIONED: f32("objects", hidden_dim, g, g)})
+    encoder = MaskGraph(MASK_MEMORY_ENCODER_FILE, {
+        **embeddings, MASK_MASK_LOGITS: f32("objects", 1, low, low), MASK_OBJECT_SCORE: f32("objects", 1),
+        MASK_BINARIZE: f32("objects")}, {MASK_MEMORIES: f32("objects", mem_dim, g, g)})
+    decoder = MaskGraph(MASK_TRACK_DECODER_FILE, {
+        MASK_CONDITIONED: f32("objects", hidden_dim, g, g), MASK_HIGH_RES[0]: f32(1, 32, low, low),
+        MASK_HIGH_RES[1]: f32(1, 64, MASK_IMAGE_SIZE // 8, MASK_IMAGE_SIZE // 8),
+        MASK_POINT_COORDS: f32("objects", "points", 2), MASK_POINT_LABELS: f32("objects", "points")},
+        {MASK_LOW_RES: f32("objects", MASK_TOKENS, low, low), MASK_IOU: f32("objects", MASK_TOKENS),
+         MASK_POINTERS: f32("objects", MASK_TOKENS, hidden_dim), MASK_OBJECT_SCORE: f32("objects", 1)})
+    return _TrackingGraphs(attention, encoder, decoder)

@@ -57,6 +57,7 @@ class SamExportConfig:
     opset: int = MIN_OPSET
     fidelity_images: list[Path] | None = None
     fidelity_count: int = 4
+    video: bool = True         # SAM 2.1: also the tracking graphs (memory attention, memory encoder, decoder)
 
 
 def _check(cfg: SamExportConfig) -> MaskModel:
@@ -113,6 +114,26 @@ def build_manifest(row: MaskModel, cfg: SamExportConfig, checkpoint_sha: str) ->
         opset=cfg.opset,
         graphs=mask_graphs(row.family),
     )
+
+
+def _tracker(staging: Path, manifest: MaskManifest, num_frames: int):
+    from clipxai.runtime.backends import RuntimeOptions
+    from clipxai.runtime.sam.tracker import MaskTracker
+    return MaskTracker(_predictor(staging, manifest), RuntimeOptions(providers="cpu", graph_cache="off"),
+                       num_frames=num_frames)
+
+
+def _verify_tracking(model, row: MaskModel, staging: Path, manifest: MaskManifest) -> dict:
+    """The tracker against SAM2VideoPredictor on a synthetic clip; VerificationError past the tolerance."""
+    from clipxai.export.sam_video import TOLERANCE as TRACK_TOLERANCE, verify_tracking
+    frames = 4
+    report = verify_tracking(row, model, _tracker(staging, manifest, frames), frames)
+    worst = max(report["mask_logits"], report["object_scores"])
+    if not worst <= TRACK_TOLERANCE or report["mask_flips"]:
+        raise VerificationError(f"the tracking graphs disagree with SAM2VideoPredictor: max abs error mask logits "
+                                f"{report['mask_logits']:.3g}, object scores {report['object_scores']:.3g} "
+                                f"(> {TRACK_TOLERANCE}), {report['mask_flips']} mask pixels; no bundle written")
+    return report
 
 
 def _predictor(staging: Path, manifest: MaskManifest, encoder_file: str = MASK_ENCODER_FILE):
@@ -208,6 +229,10 @@ def export_mask_bundle(cfg: SamExportConfig, reporter: Reporter | None = None) -
     with staged_bundle(Path(cfg.output), cfg.overwrite) as staging:
         _export_graphs(model, row, staging, cfg.opset, rep)
         manifest = build_manifest(row, cfg, checkpoint_sha)
+        if row.family == "sam2" and cfg.video:
+            from clipxai.export.sam_video import export_tracking
+            rep.step("exporting the tracking graphs (memory attention, memory encoder, tracking decoder)")
+            manifest = dataclasses.replace(manifest, tracking=export_tracking(model, staging, cfg.opset))
         verification = None
         if cfg.verify:
             rep.step("verifying the device pipeline against the package's predictor")
@@ -220,6 +245,11 @@ def export_mask_bundle(cfg: SamExportConfig, reporter: Reporter | None = None) -
         fidelity = lower_precision(cfg, staging, manifest, rep) if cfg.precision != "fp32" else None
         manifest = finalize_manifest(staging, dataclasses.replace(manifest, verification=verification,
                                                                   fidelity=fidelity))
+        if manifest.tracking is not None and cfg.verify:
+            rep.step("verifying the tracker against SAM2VideoPredictor on a 4-frame synthetic clip")
+            tracking = dataclasses.replace(manifest.tracking,
+                                           verification=_verify_tracking(model, row, staging, manifest))
+            manifest = finalize_manifest(staging, dataclasses.replace(manifest, tracking=tracking))
     output = Path(cfg.output)
     return ExportResult(output, bundle_size(output), time.perf_counter() - start, verification, manifest,
                         manifest_digest(output))

@@ -113,6 +113,10 @@ class MaskPredictor:
         self._features = dict(zip(names, self.encoder.run(names, {MASK_INPUT_IMAGE: x})))
         self.size = (pil.height, pil.width)
 
+    def features(self) -> dict[str, np.ndarray]:
+        """The encoder's outputs for the image set: name -> float32 array (MASK_* names)."""
+        return self._feeds()
+
     def _feeds(self) -> dict[str, np.ndarray]:
         if self._features is None:
             raise ClipxaiError("no image set: call set_image(image) before predict()")
