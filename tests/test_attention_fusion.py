@@ -159,3 +159,32 @@ def test_int8_graphs_are_cached_unfused(tmp_path_factory, tmp_path, caplog):
     assert json.loads((entry / gc.DONE_FILE).read_text())["attention_fused"] == 0
     assert "int8 graph: caching it without attention fusion" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_sam2_memory_attention_is_fused_and_equal(tmp_path):
+    """SAM 2.1's memory attention (3-D single-head attention, rotary keys, pointer tokens): every attention
+    of the exported graph becomes a MultiHeadAttention node and the outputs stay within 1e-4."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    pytest.importorskip("sam2")
+    from tiny_sam import TINY_SAM2
+
+    from clipxai.export.sam_video import export_tracking
+    from clipxai.models.sam import build_mask_model
+    tracking = export_tracking(build_mask_model(TINY_SAM2, seed=2), tmp_path, 17)
+    path = tmp_path / tracking.memory_attention.file
+    model = onnx.load(str(path))
+    layers = len(build_mask_model(TINY_SAM2).memory_attention.layers)
+    assert fuse_attention(model) == 2 * layers                  # self- and cross-attention per layer
+    assert sum(n.op_type == "MultiHeadAttention" for n in model.graph.node) == 2 * layers
+    assert not any(n.op_type == "Softmax" for n in model.graph.node)
+    rng = np.random.default_rng(0)
+    feeds = {"image_embeddings": rng.standard_normal((1, 256, 64, 64), dtype=np.float32),
+             "memories": rng.standard_normal((2, 3, 64, 64, 64), dtype=np.float32),
+             "memory_slots": np.array([[6, 0, 5], [6, 4, 5]], np.int64),
+             "object_pointers": rng.standard_normal((2, 4, 256), dtype=np.float32),
+             "pointer_distances": rng.random((2, 4), dtype=np.float32)}
+    want = _session(str(path)).run(None, feeds)[0]
+    got = _session(model).run(None, feeds)[0]
+    assert np.abs(got - want).max() <= 1e-4

@@ -106,7 +106,10 @@ def test_graph_io_of_every_graph(bundles):
     assert list(clip.graph_io("text_encoder.onnx")[1]) == ["embeddings"]
     assert list(clip.graph_io("text_explainer.onnx")[0]) == ["input_ids", "eot_index", "image_embedding"]
     sam2 = bundles["sam2"].manifest
-    assert sam2.graph_files() == ("encoder.onnx", "decoder.onnx")
+    assert sam2.graph_files() == ("encoder.onnx", "decoder.onnx", "memory_attention.onnx", "memory_encoder.onnx",
+                                  "track_decoder.onnx")
+    assert list(sam2.graph_io("memory_attention.onnx")[0]) == ["image_embeddings", "memories", "memory_slots",
+                                                               "object_pointers", "pointer_distances"]
     assert set(MASK_HIGH_RES) <= set(sam2.graph_io("decoder.onnx")[0])
     assert not set(MASK_HIGH_RES) & set(bundles["sam"].manifest.graph_io("decoder.onnx")[0])
     with pytest.raises(BundleError, match="has no graph 'model.onnx'"):

@@ -127,7 +127,7 @@ class Harness:
     """The node (run_node in a thread, its own namespace) and a tester node that publishes images and
     classes and records every output."""
 
-    def __init__(self, bundle, *params, sam=None):
+    def __init__(self, bundle, *params, sam=None, track=None):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -138,7 +138,7 @@ class Harness:
         self.name = f"clipxai_{self.ns}"
         self.stop, self.error = threading.Event(), []
         args = ("--ros-args", "-r", f"__ns:=/{self.ns}", "-r", f"__node:={self.name}", *params)
-        self.thread = threading.Thread(target=self._run, args=(RosJob(bundle, args, sam=sam),), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(RosJob(bundle, args, sam=sam, track=track),), daemon=True)
         self.thread.start()
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx, signal_handler_options=SignalHandlerOptions.NO)
@@ -146,11 +146,12 @@ class Harness:
         self.executor = rclpy.executors.SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
         self.got = {k: [] for k in ("segmentation", "scores", "class_names", "overlay", "diagnostics", "heat",
-                                          "masks")}
+                                          "masks", "tracks")}
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         subs = [("segmentation", Image, 100), ("scores", Float32MultiArray, 100), ("class_names", String, latched),
-                ("overlay", Image, 100), ("heatmap/red_mug", Image, 100), ("masks", Image, 100)]
+                ("overlay", Image, 100), ("heatmap/red_mug", Image, 100), ("masks", Image, 100),
+                ("tracks", Image, 100)]
         self.subs = [self.node.create_subscription(t, topic, self._keep(topic.split("/")[0].replace("heatmap", "heat")),
                                                    q) for topic, t, q in subs]
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._diagnostics, 10)

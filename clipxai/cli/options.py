@@ -13,7 +13,7 @@ import functools
 import click
 
 from clipxai.cli.console import cli_errors
-from clipxai.contract import DEFAULT_PROVIDERS, DEFAULT_WINDOWS_PER_BATCH
+from clipxai.contract import DEFAULT_FORGET_AFTER, DEFAULT_PROVIDERS, DEFAULT_REPROMPT_EVERY, DEFAULT_WINDOWS_PER_BATCH
 from clipxai.errors import ClipxaiError
 
 CACHE_DIR_HELP = ("Root of clipxai's caches (graphs, text encodings, TensorRT engines, verification stamps) "
@@ -134,6 +134,33 @@ def _segmentation(background_threshold, logit_scale, prob_threshold, background_
 
 
 segmentation_options = _group(SEGMENTATION_FLAGS, _segmentation)
+
+# ---- tracks (videos, with a SAM 2.1 bundle) ---------------------------------------------------------
+
+TRACK_FLAGS = [
+    Flag("--track", is_flag=True,
+         help="With --sam (a SAM 2.1 bundle exported with its tracking graphs): follow each class's objects "
+              "through the frames with SAM 2.1's memory, as tracks with stable ids (segment: videos and --camera, "
+              "into NAME_tracks.mp4 and NAME_tracks.jsonl; ros: their ids on 'tracks'; docs/tracking.md)."),
+    Flag("--reprompt-every", type=click.IntRange(1), default=None, metavar="N",
+         help="With --track: take every class's points again every N processed frames (a class with no visible "
+              f"track: on every frame) [default: {DEFAULT_REPROMPT_EVERY}]."),
+    Flag("--forget-after", type=click.IntRange(1), default=None, metavar="N",
+         help=f"With --track: remove a track not visible for N processed frames in a row [default: {DEFAULT_FORGET_AFTER}]."),
+]
+
+
+def _track(track, reprompt_every, forget_after):
+    from clipxai.apps.segment.job import TrackOptions
+    if not track:
+        if reprompt_every is not None or forget_after is not None:
+            raise ClipxaiError("--reprompt-every and --forget-after are for --track")
+        return "track", None
+    defaults = TrackOptions()
+    return "track", TrackOptions(reprompt_every or defaults.reprompt_every, forget_after or defaults.forget_after)
+
+
+track_options = _group(TRACK_FLAGS, _track)
 
 # ---- Ray --------------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""``clipxai ros BUNDLE [--sam SAM_BUNDLE] [--ros-args ...]``: run the ROS 2 node (clipxai/apps/ros; docs/ros.md).
+"""``clipxai ros BUNDLE [--sam SAM_BUNDLE [--track]] [--ros-args ...]``: run the ROS 2 node (clipxai/apps/ros; docs/ros.md).
 
 Everything from ``--ros-args`` on goes to ``rclpy.init`` (remappings, ``-p`` parameters, ``-r __node:=NAME``).
 Ctrl-C or SIGTERM stops the node after the frame in progress, exit 0; a second one stops at once (130).
@@ -23,8 +23,9 @@ EXIT_HELP = "Exit status: 0 stopped by Ctrl-C or SIGTERM, 2 bad input (before th
 @opt.expect_digest()
 @click.option("--sam", "sam_bundle", type=click.Path(), default=None, metavar="SAM_BUNDLE",
               help="A mask-model bundle (clipxai export-sam): each class's object mask, published on 'masks'.")
+@opt.track_options
 @click.argument("ros_args", nargs=-1, type=click.UNPROCESSED)
-def ros(bundle, expect_digest, sam_bundle, ros_args):
+def ros(bundle, expect_digest, sam_bundle, track, ros_args):
     """Run a ROS 2 node: segmentation, scores and diagnostics for an image topic (needs clipxai[ros],
     or a sourced ROS 2 Jazzy).
 
@@ -39,7 +40,8 @@ def ros(bundle, expect_digest, sam_bundle, ros_args):
     with cli_errors():
         if ros_args and ros_args[0] != ROS_ARGS:
             raise ClipxaiError(f"unexpected argument {ros_args[0]!r}: ROS arguments follow {ROS_ARGS}")
-        job = RosJob(bundle=bundle, ros_args=tuple(ros_args), expect_digest=expect_digest, sam=sam_bundle)
+        job = RosJob(bundle=bundle, ros_args=tuple(ros_args), expect_digest=expect_digest, sam=sam_bundle,
+                     track=track)
         reporter = ConsoleReporter()
         with stop_on_signals() as stop:
             stats = run_node(job, reporter, stop)

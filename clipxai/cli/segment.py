@@ -42,13 +42,15 @@ from clipxai.errors import ClipxaiError
 @click.option("--sam", "sam_bundle", type=click.Path(), default=None, metavar="SAM_BUNDLE",
               help="A mask-model bundle (clipxai export-sam): each class's object mask from its points.")
 @click.option("--sam-classes", default=None, help="With --sam: masks for these classes only (comma-separated).")
+@opt.track_options
 @opt.ray_options
 def segment(bundle, inputs, out_dir, classes_text, batch_size, no_overlays, expect_digest, runtime, segmentation,
-            camera, heatmap_class, every_n, smoothing, frames_per_batch, sam_bundle, sam_classes, ray):
+            camera, heatmap_class, every_n, smoothing, frames_per_batch, sam_bundle, sam_classes, track, ray):
     """Segment images, videos or a camera with a bundle.
 
     Images: heatmap overlays, a segmentation and a JSON per image. Videos (.mp4, .mov, .mkv, ...;
-    needs clipxai[video]) and --camera N: an annotated video and a JSON Lines file per video.
+    needs clipxai[video]) and --camera N: an annotated video and a JSON Lines file per video; with
+    --sam SAM2_BUNDLE --track, the objects' tracks instead (NAME_tracks.mp4, NAME_tracks.jsonl).
     """
     from clipxai.apps.segment import SamOptions, SegmentJob, VideoOptions, run_segment
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -60,7 +62,7 @@ def segment(bundle, inputs, out_dir, classes_text, batch_size, no_overlays, expe
                          classes=opt.class_list(classes_text, "--classes"), expect_digest=expect_digest,
                          batch_size=batch_size, overlays=not no_overlays, runtime=runtime, segmentation=segmentation,
                          video=VideoOptions(camera, heatmap_class, every_n, smoothing, frames_per_batch),
-                         sam=sam, ray=ray)
+                         sam=sam, track=track, ray=ray)
         with stop_on_signals() as stop:
             summary = run_segment(job, ConsoleReporter(), stop)
     report(summary, out_dir)

@@ -57,7 +57,7 @@ class SamExportConfig:
     opset: int = MIN_OPSET
     fidelity_images: list[Path] | None = None
     fidelity_count: int = 4
-    video: bool = True         # SAM 2.1: also the tracking graphs (memory attention, memory encoder, decoder)
+    video: bool | None = None  # SAM 2.1: also the tracking graphs (None: yes for SAM 2.1; True for SAM 1 is refused)
 
 
 def _check(cfg: SamExportConfig) -> MaskModel:
@@ -69,6 +69,9 @@ def _check(cfg: SamExportConfig) -> MaskModel:
     if cfg.checkpoint is None:
         raise WeightsError(f"no checkpoint given: download the official {row.name} weights, {row.url}{row.checkpoint}, "
                            "and pass them with --checkpoint FILE")
+    if cfg.video and row.family != "sam2":
+        raise ClipxaiError(f"{row.name} is a SAM 1 model: it has no memory to track with; export a SAM 2.1 model "
+                           f"(e.g. sam2.1-hiera-tiny) for --video, or leave --video out")
     check_output(Path(cfg.output), cfg.overwrite)
     return row
 
@@ -229,7 +232,7 @@ def export_mask_bundle(cfg: SamExportConfig, reporter: Reporter | None = None) -
     with staged_bundle(Path(cfg.output), cfg.overwrite) as staging:
         _export_graphs(model, row, staging, cfg.opset, rep)
         manifest = build_manifest(row, cfg, checkpoint_sha)
-        if row.family == "sam2" and cfg.video:
+        if row.family == "sam2" and cfg.video is not False:
             from clipxai.export.sam_video import export_tracking
             rep.step("exporting the tracking graphs (memory attention, memory encoder, tracking decoder)")
             manifest = dataclasses.replace(manifest, tracking=export_tracking(model, staging, cfg.opset))

@@ -30,8 +30,11 @@ from clipxai.mask_models import MASK_MODEL_TABLE, RECOMMENDED
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--force", is_flag=True, help="Write an int8/fp16 encoder even if it fails the IoU gate.")
 @click.option("--no-verify", is_flag=True, help="Skip the check against the package's PyTorch predictor.")
+@click.option("--video/--no-video", default=None,
+              help="SAM 2.1: also export the tracking graphs (memory attention, memory encoder, tracking decoder) "
+                   "for `clipxai segment --track` and MaskTracker [default: on for SAM 2.1]. SAM 1 has no memory.")
 @click.option("--opset", type=int, default=MIN_OPSET, show_default=True, help=f"ONNX opset ({MIN_OPSET} or newer).")
-def export_sam(model, checkpoint, out_dir, precision, fidelity_images, overwrite, force, no_verify, opset):
+def export_sam(model, checkpoint, out_dir, precision, fidelity_images, overwrite, force, no_verify, video, opset):
     """Export SAM or SAM 2.1 as a mask-model bundle for `clipxai segment --sam` and MaskPredictor."""
     with cli_errors(interrupted="interrupted: no bundle written"):
         out = bundle_folder(out_dir)
@@ -40,7 +43,7 @@ def export_sam(model, checkpoint, out_dir, precision, fidelity_images, overwrite
             from clipxai.export.sam import SamExportConfig, export_mask_bundle
         cfg = SamExportConfig(model=model, checkpoint=Path(checkpoint) if checkpoint else None, output=out,
                               precision=precision, overwrite=overwrite, force=force, verify=not no_verify,
-                              opset=opset, fidelity_images=images)
+                              opset=opset, fidelity_images=images, video=video)
         result = export_mask_bundle(cfg, ConsoleReporter())
     report(result)
 
@@ -66,6 +69,12 @@ def report(result) -> None:
                    f"{v['low_res_masks']:.2e}, IoU {v['iou_predictions']:.2e} (tolerance {v['tolerance']:g})")
     else:
         click.echo("verification skipped (--no-verify)")
+    tracking = result.manifest.tracking
+    if tracking is not None and tracking.verification:
+        t = tracking.verification
+        click.echo(f"tracker verified against SAM2VideoPredictor ({t['frames']} frames, {t['objects']} objects): max "
+                   f"abs error mask logits {t['mask_logits']:.2e}, object scores {t['object_scores']:.2e} "
+                   f"(tolerance {t['tolerance']:g})")
     if f:
         click.echo(f"{result.manifest['precision']} encoder vs fp32 ({f['image_source']}, {f['masks']} masks): mean "
                    f"IoU {f['mean_iou']:.3f} (min {f['min_iou']:.3f}) -> {'PASSED' if f['passed'] else 'FAILED'} gate "

@@ -56,7 +56,7 @@ def export_tracking(model, staging: Path, opset: int) -> Tracking:
                                 MASK_MEMORY_SLOTS: {0: "objects", 1: "memories"},
                                 MASK_POINTERS: {0: "objects", 1: "pointers"},
                                 MASK_POINTER_DISTANCES: {0: "objects", 1: "pointers"}, MASK_CONDITIONED: objects},
-                  opset=opset)
+                  opset=opset, data_file=specs.memory_attention.file + ".data")  # the CPU graph cache fuses it
     export_module(encoder, (emb, torch.randn(2, 1, 4 * g, 4 * g), torch.randn(2, 1), torch.tensor([1.0, 0.0])),
                   staging / specs.memory_encoder.file, list(specs.memory_encoder.inputs),
                   list(specs.memory_encoder.outputs),
@@ -196,8 +196,10 @@ def compare(ours: list[dict], theirs: list[dict]) -> dict:
             "tolerance": TOLERANCE}
 
 
-def moving_shapes(count: int, height: int = 240, width: int = 320, seed: int = 0) -> list[np.ndarray]:
-    """A synthetic clip: a disc and a square moving over a textured background, uint8 [H, W, 3] frames."""
+def moving_shapes(count: int, height: int = 240, width: int = 320, seed: int = 0, hidden: range = range(0)
+                  ) -> list[np.ndarray]:
+    """A synthetic clip: a disc and a square moving over a textured background, uint8 [H, W, 3] frames; the
+    disc is out of view on the frames in ``hidden``."""
     rng = np.random.default_rng(seed)
     background = (rng.random((height, width, 3)) * 60 + 40).astype(np.uint8)
     yy, xx = np.mgrid[:height, :width]
@@ -205,7 +207,8 @@ def moving_shapes(count: int, height: int = 240, width: int = 320, seed: int = 0
     for t in range(count):
         img = background.copy()
         cx, cy = width * (0.25 + 0.04 * t), height * 0.5
-        img[(xx - cx) ** 2 + (yy - cy) ** 2 < (height * 0.15) ** 2] = (220, 40, 40)
+        if t not in hidden:
+            img[(xx - cx) ** 2 + (yy - cy) ** 2 < (height * 0.15) ** 2] = (220, 40, 40)
         sx, sy = int(width * (0.7 - 0.03 * t)), int(height * 0.3)
         img[sy:sy + height // 4, max(sx, 0):max(sx + height // 4, 0)] = (40, 200, 60)
         frames.append(img)
@@ -214,24 +217,22 @@ def moving_shapes(count: int, height: int = 240, width: int = 320, seed: int = 0
 
 def verify_tracking(row: MaskModel, model, tracker, frames: int = 4) -> dict:
     """The tracker against the package's video predictor on a synthetic clip, one object prompted on the
-    first frame with one point (multimask), a second with two points: the largest differences."""
+    first frame with one point (multimask), a second with two points: the largest differences.
+
+    Without hole filling on either side (sam2 skips it on a CPU): filling is a threshold on components of
+    pixels <= 0, so a logit within float error of 0 can open or close a hole on one side only and move the
+    result by 0.1; it is checked on its own against sam2's function (tests/test_tracking.py)."""
+    from PIL import Image
+
     from clipxai.runtime.sam.preprocess import image_input
     clip = moving_shapes(frames)
     h, w = clip[0].shape[:2]
     events = [Event(0, "add", 1, ((w * 0.25, h * 0.5),), (1,)),
               Event(0, "add", 2, ((w * 0.75, h * 0.4), (w * 0.1, h * 0.9)), (1, 0))]
-    from PIL import Image
     images = torch.from_numpy(np.concatenate([image_input(Image.fromarray(f), tracker.sam.preprocess)[0]
                                               for f in clip]))
-    try:
-        fill = scipy_connected_components()
-        fill.__enter__()
-    except ImportError:
-        fill, tracker.fill_hole_area = None, 0
-    try:
-        theirs = reference_tracks(video_predictor(row, model), images, (h, w), events)
-    finally:
-        if fill is not None:
-            fill.__exit__(None, None, None)
+    reference = video_predictor(row, model)
+    reference.fill_hole_area, tracker.fill_hole_area = 0, 0
+    theirs = reference_tracks(reference, images, (h, w), events)
     report = compare(clipxai_tracks(tracker, clip, events), theirs)
-    return {**report, "frames": frames, "image": [h, w], "objects": 2, "holes_filled": fill is not None}
+    return {**report, "frames": frames, "image": [h, w], "objects": 2, "holes_filled": False}

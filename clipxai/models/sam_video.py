@@ -97,20 +97,32 @@ class _RotaryAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_plain: torch.Tensor | None = None,
                 v_plain: torch.Tensor | None = None) -> torch.Tensor:
-        """q [B, N, C]; k, v [B, M * N, Ck] (rotated per grid); k_plain, v_plain [B, P, Ck] (not rotated)."""
+        """q [B, N, C]; k, v [B, M * N, Ck] (rotated per grid); k_plain, v_plain [B, P, Ck] (not rotated).
+        Heads are folded into the batch, so attention is 3-D (what the CPU graph cache fuses into
+        onnxruntime's flash-style kernel: clipxai/runtime/cpu/attention_fusion.py)."""
         att = self.layer
-        heads = att.num_heads
-        q = _rotate(att._separate_heads(att.q_proj(q), heads), self.cos, self.sin)
-        kk = att._separate_heads(att.k_proj(k), heads)
-        b, h, length, d = kk.shape
         n = self.cos.shape[0]
-        kk = _rotate(kk.reshape(b, h, -1, n, d), self.cos, self.sin).reshape(b, h, length, d)
-        vv = att._separate_heads(att.v_proj(v), heads)
+        q = _rotate(self._heads(att.q_proj(q)), self.cos, self.sin)                    # [B h, N, d]
+        kk = self._heads(att.k_proj(k))
+        kk = _rotate(kk.reshape(kk.shape[0], -1, n, kk.shape[-1]), self.cos, self.sin).flatten(1, 2)
+        vv = self._heads(att.v_proj(v))
         if k_plain is not None:
-            kk = torch.cat([kk, att._separate_heads(att.k_proj(k_plain), heads)], dim=2)
-            vv = torch.cat([vv, att._separate_heads(att.v_proj(v_plain), heads)], dim=2)
-        weights = torch.softmax(q @ kk.transpose(-2, -1) * (1.0 / math.sqrt(d)), dim=-1)
-        return att.out_proj(att._recombine_heads(weights @ vv))
+            kk = torch.cat([kk, self._heads(att.k_proj(k_plain))], dim=1)
+            vv = torch.cat([vv, self._heads(att.v_proj(v_plain))], dim=1)
+        weights = torch.softmax(q @ kk.transpose(1, 2) * (1.0 / math.sqrt(q.shape[-1])), dim=-1)
+        return att.out_proj(self._merge(weights @ vv))
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, h d] -> [B h, T, d] (sam2's _separate_heads with the heads folded into the batch)."""
+        b, t, c = x.shape
+        h = self.layer.num_heads
+        return x.reshape(b, t, h, c // h).transpose(1, 2).reshape(b * h, t, c // h)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        """[B h, T, d] -> [B, T, h d] (sam2's _recombine_heads)."""
+        h = self.layer.num_heads
+        bh, t, d = x.shape
+        return x.reshape(bh // h, h, t, d).transpose(1, 2).reshape(bh // h, t, h * d)
 
 
 def _theta(layer: nn.Module) -> float:

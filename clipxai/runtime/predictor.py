@@ -27,6 +27,7 @@ from clipxai.runtime.sliding import slide_prediction
 from clipxai.runtime.text.encoder import (
     TextEncoder, build_vocabulary, initial_vocabulary, require_text_encoder, vocabulary_feeds,
 )
+from clipxai.runtime.video.tracks import DEFAULT_FORGET_AFTER, DEFAULT_POINT_THRESHOLD, DEFAULT_REPROMPT_EVERY
 
 log = logging.getLogger("clipxai")
 
@@ -232,6 +233,25 @@ class Predictor:
         """
         from clipxai.runtime.video.stream import stream_predictions
         return stream_predictions(self, source, batch_size, every_n, smoothing, live, fps)
+
+    def track(self, source, sam, classes: Sequence[str] | None = None, reprompt_every: int = DEFAULT_REPROMPT_EVERY,
+              threshold: float = DEFAULT_POINT_THRESHOLD, forget_after: int | None = DEFAULT_FORGET_AFTER,
+              **stream) -> Iterator:
+        """Objects of the classes followed through a stream with SAM 2.1's memory, started from this
+        predictor's points (clipxai/runtime/video/tracks.py; docs/tracking.md).
+
+        source: as ``stream`` (an iterable of frames, a video path, a camera index); ``stream``: its
+        keywords (batch_size, every_n, smoothing, live, fps). sam: a ``MaskTracker`` (reset here) or a
+        SAM 2.1 bundle path exported with its tracking graphs. classes: None for all. Every class's points
+        are taken again every ``reprompt_every`` frames, and a class's on any frame where it has no visible
+        track: a mask that overlaps a track of its class by IoU >= 0.5 is that track, else a new one.
+        threshold: ``Prediction.points``' threshold. forget_after: frames a track may stay invisible before
+        it is removed (None: never). Yields a ``TrackFrame`` per frame: frame_index, timestamp, frame uint8
+        [H, W, 3], tracks (id, name, mask bool [H, W], score, visible, bbox (x, y, w, h), area, new).
+        """
+        from clipxai.runtime.video.tracks import TextTracks, follow, open_tracker
+        tracks = TextTracks(open_tracker(sam, self.options), classes, reprompt_every, threshold, forget_after)
+        return follow(self.stream(source, **stream), tracks)
 
 
 def _warn_failed_gate(bundle: Bundle) -> None:

@@ -64,15 +64,18 @@ def overlay(image: Image.Image, heatmap: MapLike, alpha: float = 0.6) -> Image.I
     return _bands(image, lambda band, r0, r1: _blend(band, jet(rows(r0, r1)), alpha))
 
 
+def colour(i: int) -> tuple[int, int, int]:
+    """The i-th colour of ``palette``: RGB, the same for a given index whatever the palette's length."""
+    h = (i * 0.61803398875) % 1.0
+    s = 0.65 + 0.35 * ((i // 7) % 2)
+    v = 0.95 - 0.25 * ((i // 14) % 2)
+    r, g, b = (int(round(c * 255)) for c in colorsys.hsv_to_rgb(h, s, v))
+    return r, g, b
+
+
 def palette(k: int) -> np.ndarray:
     """k distinct RGB colours, uint8 [k, 3] (golden-ratio hues, stable for a given index)."""
-    cols = []
-    for i in range(k):
-        h = (i * 0.61803398875) % 1.0
-        s = 0.65 + 0.35 * ((i // 7) % 2)
-        v = 0.95 - 0.25 * ((i // 14) % 2)
-        cols.append([int(round(c * 255)) for c in colorsys.hsv_to_rgb(h, s, v)])
-    return np.array(cols, np.uint8).reshape(k, 3)
+    return np.array([colour(i) for i in range(k)], np.uint8).reshape(k, 3)
 
 
 def tint(image: Image.Image, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.55,

@@ -93,6 +93,14 @@ def mono8_fields(labels: np.ndarray) -> ImageFields:
     return ImageFields("mono8", h, w, w, out.tobytes())
 
 
+def mono16_fields(ids: np.ndarray) -> ImageFields:
+    """Track ids int [H, W] (0: none) -> a ``mono16`` Image's fields (little-endian); an id above 65535 is
+    published as ((id - 1) mod 65535) + 1, so it is never 0."""
+    h, w = ids.shape
+    out = np.where(ids > 0, (ids - 1) % 65535 + 1, 0).astype("<u2")
+    return ImageFields("mono16", h, w, 2 * w, out.tobytes())
+
+
 def heatmap_fields(heatmap: np.ndarray) -> ImageFields:
     """A heatmap float32 [H, W] in [0, 1] -> a ``32FC1`` Image's fields (little-endian)."""
     h, w = heatmap.shape

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, replace
 
 from clipxai.apps.ros.convert import BadFrame, ImageFields, check_class_count, compressed_to_rgb, heatmap_fields, \
-    image_to_rgb, mono8_fields, parse_classes, rgb_fields, topic_part
+    image_to_rgb, mono8_fields, mono16_fields, parse_classes, rgb_fields, topic_part
 from clipxai.apps.ros.frames import Latest, Stats
 from clipxai.common.report import SILENT, Reporter
 from clipxai.contract import DEFAULT_PROVIDERS, ROS_DIAGNOSTICS_PERIOD_S, ROS_NODE_NAME
@@ -35,12 +35,15 @@ LOG_EVERY_S = 10.0  # a bad frame of one kind is logged at most this often
 class RosJob:
     """One ``clipxai ros`` run: the bundle, the arguments after ``--ros-args`` (remappings, ``-p``
     parameters) for ``rclpy.init``, the manifest digest to insist on, and a mask-model bundle (``sam``:
-    each class's object mask from its points, published on ``masks``)."""
+    each class's object mask from its points, published on ``masks``). track: a TrackOptions
+    (apps/segment/job.py) to follow the masks with SAM 2.1's memory instead, their ids published on
+    ``tracks`` (``sam`` must then be a SAM 2.1 bundle with its tracking graphs)."""
 
     bundle: str
     ros_args: tuple[str, ...] = ()
     expect_digest: str | None = None
     sam: str | None = None
+    track: object = None
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,14 @@ def run_node(job: RosJob, reporter: Reporter = SILENT, stop: threading.Event | N
     A bad bundle or bad ``--ros-args`` raise ClipxaiError before the node starts."""
     from clipxai.runtime.bundle import load_bundle
     load_bundle(job.bundle, expect_digest=job.expect_digest)  # one-line errors before anything starts
+    if job.track is not None and job.sam is None:
+        raise ClipxaiError("--track needs --sam SAM2_BUNDLE (a SAM 2.1 bundle exported with its tracking graphs)")
     if job.sam is not None:
         from clipxai.contract import KIND_MASK
-        load_bundle(job.sam, kind=KIND_MASK)
+        sam = load_bundle(job.sam, kind=KIND_MASK)
+        if job.track is not None and sam.manifest.tracking is None:
+            raise ClipxaiError(f"--track needs a SAM 2.1 bundle with its tracking graphs: {job.sam} has none "
+                               f"({sam.manifest.family} {sam.manifest.model})")
     stop = stop or threading.Event()
     rclpy = _rclpy()
     from rclpy.signals import SignalHandlerOptions
@@ -115,7 +123,9 @@ def _rclpy():
 def _serve(job: RosJob, node, context, reporter: Reporter, stop: threading.Event) -> Stats:
     from rclpy.executors import SingleThreadedExecutor
     settings = declare_settings(node)
-    server = NodeServer(node, open_predictor(job, settings), settings, open_sam(job, settings))
+    sam = open_sam(job, settings)
+    tracks = open_tracks(job, sam, settings)
+    server = NodeServer(node, open_predictor(job, settings), settings, None if tracks else sam, tracks)
     p = server.predictor
     reporter.step(f"node {node.get_fully_qualified_name()}: {p.bundle.backbone_name}, {len(p.classes)} classes, "
                   f"{p.provider}; image topic {node.resolve_topic_name('image')}")
@@ -188,12 +198,24 @@ def open_sam(job: RosJob, settings: RosSettings):
                                                                      threads=settings.threads))
 
 
+def open_tracks(job: RosJob, sam, settings: RosSettings):
+    """With ``job.track``: the tracks (runtime/video/tracks.TextTracks, every class) on the mask predictor
+    ``sam`` (already open), on the node's providers and threads; else None."""
+    if job.track is None:
+        return None
+    from clipxai.runtime.backends import RuntimeOptions
+    from clipxai.runtime.sam.tracker import MaskTracker
+    from clipxai.runtime.video.tracks import TextTracks
+    tracker = MaskTracker(sam, options=RuntimeOptions(providers=settings.providers, threads=settings.threads))
+    return TextTracks(tracker, None, job.track.reprompt_every, forget_after=job.track.forget_after)
+
+
 class NodeServer:
     """The node's topics, its worker thread and its counters (module docstring). sam: a MaskPredictor
-    (None: no ``masks`` topic)."""
+    (None: no ``masks`` topic); tracks: a TextTracks (None: no ``tracks`` topic)."""
 
-    def __init__(self, node, predictor, settings: RosSettings, sam=None):
-        self.node, self.predictor, self.settings, self.sam = node, predictor, settings, sam
+    def __init__(self, node, predictor, settings: RosSettings, sam=None, tracks=None):
+        self.node, self.predictor, self.settings, self.sam, self.tracks = node, predictor, settings, sam, tracks
         self.stats, self.frames, self.todo = Stats(), Latest(), queue.SimpleQueue()  # todo: (what, value)
         self._halt, self._logged, self.heatmaps = threading.Event(), {}, {}
         self._topics()
@@ -214,6 +236,8 @@ class NodeServer:
                     "diagnostics": n.create_publisher(DiagnosticArray, "/diagnostics", out)}
         if self.sam is not None:
             self.pub["masks"] = n.create_publisher(Image, "masks", out)
+        if self.tracks is not None:
+            self.pub["tracks"] = n.create_publisher(Image, "tracks", out)
         self._optional_publishers(s)
         n.create_subscription(Image, "image", self.on_image, _image_qos(s.reliable))
         if s.compressed:
@@ -338,6 +362,8 @@ class NodeServer:
             self._publish_image("overlay", header, rgb_fields(self._overlay(rgb, pred)))
         if self.sam is not None:
             self._publish_image("masks", header, mask_fields(self.sam, rgb, pred))
+        if self.tracks is not None:
+            self._publish_image("tracks", header, track_fields(self.tracks, rgb, pred))
         for name in s.heatmap_classes:
             if name in pred.classes:
                 self.heatmaps[name].publish(image_message(header, heatmap_fields(pred.heatmap(pred.classes.index(name)))))
@@ -387,6 +413,14 @@ def mask_fields(sam, rgb, pred) -> ImageFields:
     sam.set_image(rgb)
     labels = label_map(sam.masks_for(pred, pred.classes), pred) + 1
     return mono8_fields(labels)
+
+
+def track_fields(tracks, rgb, pred) -> ImageFields:
+    """The tracks on this frame (``TextTracks.step``) as a ``mono16`` label map of their ids, 0 where none
+    (where masks overlap, the higher score wins: clipxai.runtime.video.tracks.track_map)."""
+    from clipxai.runtime.video.tracks import track_map
+    pred.frame = rgb
+    return mono16_fields(track_map(tracks.step(pred).tracks, rgb.shape[:2]))
 
 
 def image_message(header, fields: ImageFields):

@@ -5,6 +5,7 @@
                segmentation=SegmentationOptions(...),  # how maps become a segmentation
                video=VideoOptions(...),              # videos and cameras only
                sam=SamOptions(...),                  # object masks from a mask-model bundle
+               track=TrackOptions(...),              # follow them through videos (SAM 2.1)
                ray=RayOptions(...))                  # spread images over Ray actors
 
 Defaults come from clipxai/contract.py. ``check()`` refuses a combination that cannot run
@@ -20,6 +21,7 @@ from clipxai.cluster.connect import LOCAL
 from clipxai.contract import DEFAULT_BATCH_SIZE, DEFAULT_FRAMES_PER_BATCH, DEFAULT_WINDOWS_PER_BATCH
 from clipxai.errors import ClipxaiError
 from clipxai.runtime.backends import RuntimeOptions
+from clipxai.runtime.video.tracks import DEFAULT_FORGET_AFTER, DEFAULT_REPROMPT_EVERY
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,16 @@ class SamOptions:
 
 
 @dataclass(frozen=True)
+class TrackOptions:
+    """Follow the SAM masks through videos and cameras with SAM 2.1's memory (runtime/video/tracks.py):
+    every class's points again every ``reprompt_every`` frames (and a class's on any frame where it has
+    no visible track); a track invisible for ``forget_after`` frames is removed (None: never)."""
+
+    reprompt_every: int = DEFAULT_REPROMPT_EVERY
+    forget_after: int | None = DEFAULT_FORGET_AFTER
+
+
+@dataclass(frozen=True)
 class RayOptions:
     """Ray: ``address`` "local" (a local instance, or $RAY_ADDRESS) or a cluster's; ``actors`` (None:
     the cluster's CPUs / threads)."""
@@ -92,6 +104,7 @@ class SegmentJob:
     segmentation: SegmentationOptions = SegmentationOptions()
     video: VideoOptions = VideoOptions()
     sam: SamOptions | None = None
+    track: TrackOptions | None = None
     ray: RayOptions | None = None
 
     def videos(self) -> list[str]:
@@ -116,4 +129,15 @@ class SegmentJob:
             raise ClipxaiError("--ray spreads images over a cluster; segment videos and cameras without it")
         if self.video_mode and self.segmentation.slide is not None:
             raise ClipxaiError("--slide is for images; videos run the bundle's own size")
+        self._check_track()
         return self
+
+    def _check_track(self) -> None:
+        if self.track is None:
+            return
+        if self.sam is None:
+            raise ClipxaiError("--track needs --sam SAM2_BUNDLE (a SAM 2.1 bundle exported with its tracking graphs)")
+        if not self.video_mode:
+            raise ClipxaiError("--track follows objects through a video: give video files or --camera N, not images")
+        if self.video.heatmap is not None:
+            raise ClipxaiError("--heatmap draws one class's heatmap; --track draws the tracks: use one of them")

@@ -6,6 +6,8 @@
      "labels": {class: logit},                                                    # bundles with labels
      "masks": {class: ...}}                                                       # with SAM
 
+Tracks (``clipxai segment --track``) have their own frame record, ``track_record``.
+
 Always valid JSON: non-finite numbers become null.
 """
 
@@ -45,6 +47,16 @@ def frame_record(pred, masks: dict | None = None) -> dict:
     """A video frame's record: index, timestamp, frames dropped before it, then ``prediction_fields``."""
     return {"frame": pred.frame_index, "timestamp": pred.timestamp, "dropped": pred.dropped,
             **prediction_fields(pred, masks)}
+
+
+def track_record(frame) -> dict:
+    """A tracks video frame's record (a ``TrackFrame``): index, timestamp, frames dropped before it, the
+    classes prompted on it, and each track's id, class, visible, new, score, area, bbox [x, y, w, h], rle."""
+    from clipxai.runtime.sam import mask_record
+    dropped = getattr(frame.prediction, "dropped", 0)
+    return {"frame": frame.frame_index, "timestamp": frame.timestamp, "dropped": dropped, "prompted": frame.prompted,
+            "objects": [{"id": t.id, "class": t.name, "visible": t.visible, "new": t.new, **mask_record(t)}
+                        for t in frame.tracks]}
 
 
 def dumps(record: dict, indent: int | None = None) -> str:

@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image
 
@@ -39,7 +40,7 @@ from clipxai.runtime.video.sources import VideoError
 
 @dataclass
 class VideoResult:
-    """What one video run did: frames written, where it stopped and why (None: its end), notes."""
+    """What one video run did: frames written, where it stopped and why (None: its end), notes, tracks."""
 
     source: str
     frames: int = 0
@@ -47,6 +48,7 @@ class VideoResult:
     stopped: str | None = None
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
+    tracks: int | None = None   # with --track: the tracks it had
 
 
 def run_videos(job: SegmentJob, reporter: Reporter, stop: threading.Event) -> Summary:
@@ -55,11 +57,13 @@ def run_videos(job: SegmentJob, reporter: Reporter, stop: threading.Event) -> Su
     heat = _heatmap_class(job, seg.classes)
     prepare_output_dir(job.out_dir)
     with exclusive_output(job.out_dir):
-        return _run(job, seg, heat, reporter, stop)
+        return run_sources(job, seg, reporter, stop,
+                           lambda source, name: segment_video(seg, source, name, job.out_dir, heat, reporter, stop))
 
 
-def _run(job: SegmentJob, seg: Segmenter, heat: int | None, reporter: Reporter, stop: threading.Event) -> Summary:
-    """The videos, then the camera, one after the other, while the output folder is ours."""
+def run_sources(job: SegmentJob, seg: Segmenter, reporter: Reporter, stop: threading.Event, one) -> Summary:
+    """The videos, then the camera, one after the other, while the output folder is ours:
+    ``one(source, name) -> VideoResult`` writes a source's files (a video path or a camera index)."""
     videos = [Path(v) for v in job.videos()]
     names = output_names(videos)
     sources = [(str(v), str(names[v])) for v in videos]
@@ -73,7 +77,7 @@ def _run(job: SegmentJob, seg: Segmenter, heat: int | None, reporter: Reporter, 
             break
         (job.out_dir / name).parent.mkdir(parents=True, exist_ok=True)
         try:
-            result = segment_video(seg, source, name, job.out_dir, heat, reporter, stop)
+            result = one(source, name)
         except VideoError as e:
             summary.failures.append((str(source), str(e).split(": ", 1)[-1]))
             continue
@@ -103,7 +107,8 @@ def _add(summary: Summary, source, result: VideoResult) -> None:
     summary.notes += [f"{source}: {note}" for note in result.notes]
     if result.frames:
         summary.done.append(source)
-        summary.notes.append(f"{source}: {result.frames} frames -> {', '.join(p.name for p in result.outputs)}")
+        tracks = f", {result.tracks} tracks" if result.tracks is not None else ""
+        summary.notes.append(f"{source}: {result.frames} frames{tracks} -> {', '.join(p.name for p in result.outputs)}")
     if result.stopped:
         summary.failures.append((str(source), result.stopped.split(": ", 1)[-1]))
 
@@ -111,19 +116,43 @@ def _add(summary: Summary, source, result: VideoResult) -> None:
 def segment_video(seg: Segmenter, source, name: str, out_dir: Path, heatmap_class: int | None = None,
                   reporter: Reporter | None = None, stop: threading.Event | None = None) -> VideoResult:
     """Run ``seg.predictor.stream`` over a video path or camera index (int) and write the annotated video and
-    the JSON Lines file (module docstring). ``stop`` (or KeyboardInterrupt) ends it cleanly after the frame
-    in progress (``interrupted``); a decode error mid-file ends it with ``stopped`` saying where."""
-    from clipxai.common.report import SILENT
-    reporter, stop = reporter or SILENT, stop or threading.Event()
-    live, opts = isinstance(source, int), seg.job.video
+    the JSON Lines file (module docstring); ``record_video`` says how it ends."""
+    opts = seg.job.video
     kind = "segmentation" if heatmap_class is None else \
         f"heatmap_{unique_names(seg.classes)[seg.classes[heatmap_class]]}"
-    writer = VideoWriter(out_dir / f"{name}_{kind}.mp4", (DEFAULT_FPS if live else source_fps(source)) / opts.every_n)
+    stream = seg.predictor.stream(source, batch_size=opts.frames_per_batch, every_n=opts.every_n,
+                                  smoothing=opts.smoothing)
+    return record_video(source, name, (out_dir / f"{name}_{kind}.mp4", out_dir / f"{name}.jsonl"),
+                        _segmented(seg, stream, heatmap_class), opts.every_n, reporter, stop)
+
+
+def _segmented(seg: Segmenter, stream, heatmap_class: int | None) -> Iterator[tuple[Image.Image, str]]:
+    """Each prediction of ``stream`` -> (the annotated frame, its JSON line); closing it closes the stream."""
+    random = seg.predictor.bundle.random_weights
+    with contextlib.closing(stream):
+        for pred in stream:
+            pred = seg.select(pred)
+            image = Image.fromarray(pred.frame, "RGB")
+            masks = seg.sam.masks(image, pred) if seg.sam is not None else None
+            yield annotate(image, pred, heatmap_class, random, masks), dumps(frame_record(pred, masks)) + "\n"
+
+
+def record_video(source, name: str, paths: tuple[Path, Path], items: Iterator[tuple[Image.Image, str]],
+                 every_n: int = 1, reporter: Reporter | None = None, stop: threading.Event | None = None
+                 ) -> VideoResult:
+    """Write ``items`` ((picture, JSON line) per processed frame of ``source``, a path or a camera index) into
+    ``paths`` (the video, the JSON Lines file), with a progress bar named ``name``. ``stop`` (or
+    KeyboardInterrupt) ends it cleanly after the frame in progress (``interrupted``); a decode error mid-file
+    ends it with ``stopped`` saying where; either way both files hold the frames done (module docstring)."""
+    from clipxai.common.report import SILENT
+    reporter, stop = reporter or SILENT, stop or threading.Event()
+    live = isinstance(source, int)
+    writer = VideoWriter(paths[0], (DEFAULT_FPS if live else source_fps(source)) / every_n)
     result, lines = VideoResult(str(source)), []
     total = None if live else source_frames(source)
     try:
-        with reporter.progress(-(-total // opts.every_n) if total else None, name) as advance:
-            _frames(seg, source, heatmap_class, writer, lines, result, stop, advance)
+        with reporter.progress(-(-total // every_n) if total else None, name) as advance:
+            _frames(items, writer, lines, result, stop, advance)
     except BaseException:
         writer.abandon()
         raise
@@ -133,31 +162,25 @@ def segment_video(seg: Segmenter, source, name: str, out_dir: Path, heatmap_clas
                             f"frame's {writer.size[0]}x{writer.size[1]} in the output video")
     video = writer.close()
     if video is not None:
-        result.outputs += [video, atomic_write_text(out_dir / f"{name}.jsonl", "".join(lines))]
+        result.outputs += [video, atomic_write_text(paths[1], "".join(lines))]
     return result
 
 
-def _frames(seg: Segmenter, source, heatmap_class, writer: VideoWriter, lines: list[str], result: VideoResult,
-            stop: threading.Event, advance) -> None:
-    """The frame loop: predict, annotate, write the frame and its line; until the end, a stop or an error."""
-    opts, start = seg.job.video, time.perf_counter()
-    random = seg.predictor.bundle.random_weights
-    stream = seg.predictor.stream(source, batch_size=opts.frames_per_batch, every_n=opts.every_n,
-                                  smoothing=opts.smoothing)
+def _frames(items, writer: VideoWriter, lines: list[str], result: VideoResult, stop: threading.Event,
+            advance) -> None:
+    """The frame loop: write each frame and its line; until the end, a stop (checked before each frame's
+    work) or an error."""
+    start = time.perf_counter()
     try:
-        with contextlib.closing(stream):
-            for pred in stream:
-                if stop.is_set():
-                    result.interrupted = True
+        with contextlib.closing(items):
+            while not stop.is_set():
+                item = next(items, None)
+                if item is None:
                     return
-                pred = seg.select(pred)
-                image = Image.fromarray(pred.frame, "RGB")
-                masks = seg.sam.masks(image, pred) if seg.sam is not None else None
-                picture = annotate(image, pred, heatmap_class, random, masks)
-                line = dumps(frame_record(pred, masks)) + "\n"
-                writer.write(picture)
-                lines.append(line)
+                writer.write(item[0])
+                lines.append(item[1])
                 advance(1, f"{writer.frames / max(time.perf_counter() - start, 1e-9):.1f} frames/s")
+            result.interrupted = True
     except KeyboardInterrupt:
         result.interrupted = True
     except VideoError as e:

@@ -59,7 +59,10 @@ class _Graph:
         if depth > 12:
             return None
         if name in self.init:
-            return numpy_helper.to_array(self.init[name])
+            t = self.init[name]
+            if t.data_location == onnx.TensorProto.EXTERNAL:  # weights on disk (not loaded): never a constant here
+                return None
+            return numpy_helper.to_array(t)
         node = self.producer.get(name)
         if node is None:
             return None
@@ -228,14 +231,55 @@ def _match(gr: _Graph, softmax):
     return {"sources": sources, "heads": heads, "scale": scale, "output": merge.output[0], "replaces": merge}
 
 
+def _match_3d(gr: _Graph, softmax):
+    """Single-head attention on 3-D tensors, as SAM 2.1's memory attention is exported
+    (clipxai/models/sam_video.py)::
+
+        softmax((q [B,N,d] @ Transpose(k [B,L,d], perm 0,2,1)) · s) @ v [B,L,d]
+
+    -> {"qkv", "scale", "output"} (MultiHeadAttention with one head computes the same), or None."""
+    if _attr(softmax, "axis", -1) not in (-1, 2):
+        return None
+    scaled = gr.producer.get(softmax.input[0])
+    if scaled is None or scaled.op_type != "Mul" or not gr.only_consumer(softmax.input[0], softmax):
+        return None
+    scale, scores = None, None
+    for a, b in ((0, 1), (1, 0)):
+        producer = gr.producer.get(scaled.input[a])
+        keys = gr.producer.get(producer.input[1]) if producer is not None and producer.op_type == "MatMul" else None
+        if keys is None or keys.op_type != "Transpose":
+            continue
+        s = gr.const(scaled.input[b])
+        if s is not None and np.size(s) == 1:
+            scale, scores = float(np.asarray(s).reshape(())), producer
+            break
+    if scores is None or not gr.only_consumer(scores.output[0], scaled):
+        return None
+    consumers = gr.consumers.get(softmax.output[0], [])
+    if softmax.output[0] in gr.outputs or len(consumers) != 1 or consumers[0].op_type != "MatMul":
+        return None
+    weighted = consumers[0]
+    keys_t = gr.producer.get(scores.input[1])
+    if weighted.input[0] != softmax.output[0] or keys_t is None or keys_t.op_type != "Transpose" \
+            or list(_attr(keys_t, "perm", [])) != [0, 2, 1]:
+        return None
+    q, k, v = scores.input[0], keys_t.input[0], weighted.input[1]
+    shapes = [gr.shapes.get(t) for t in (q, k, v)]
+    if any(not sh or len(sh) != 3 for sh in shapes):   # rank 3 (dims may be dynamic: the MatMuls fix them)
+        return None
+    return {"qkv": (q, k, v), "scale": scale, "output": weighted.output[0]}
+
+
 def fuse_attention(model: onnx.ModelProto) -> int:
     """Rewrite the model's plain attention blocks into MultiHeadAttention nodes, in place.
 
     Returns the number of attention blocks fused (0: the model is unchanged).
     """
     gr = _Graph(model)
-    matches = [m for m in (_match(gr, n) for n in model.graph.node if n.op_type == "Softmax") if m]
-    if not matches:
+    softmaxes = [n for n in model.graph.node if n.op_type == "Softmax"]
+    matches = [m for m in (_match(gr, n) for n in softmaxes) if m]
+    single = [m for m in (_match_3d(gr, n) for n in softmaxes) if m]
+    if not matches and not single:
         return 0
     new_nodes, slices = [], {}
 
@@ -260,6 +304,10 @@ def fuse_attention(model: onnx.ModelProto) -> int:
         replaced[m["output"]] = helper.make_node(
             "MultiHeadAttention", [q, k, v], [m["output"]], domain=MS_DOMAIN, name=f"clipxai_attention_{i}",
             num_heads=m["heads"], scale=m["scale"])
+    for i, m in enumerate(single):
+        replaced[m["output"]] = helper.make_node(
+            "MultiHeadAttention", list(m["qkv"]), [m["output"]], domain=MS_DOMAIN,
+            name=f"clipxai_attention_3d_{i}", num_heads=1, scale=m["scale"])
     # Keep a topological order: each new Split right after its projection, each MHA where its Reshape
     # was. Nodes are keyed by their first output (names are unique) and copied, never moved.
     after = {p.output[0]: nodes for p, nodes in new_nodes if p is not None}
@@ -281,7 +329,7 @@ def fuse_attention(model: onnx.ModelProto) -> int:
             del model.graph.initializer[i]
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    return len(matches)
+    return len(matches) + len(single)
 
 
 def _live(nodes: list, outputs: set) -> list:

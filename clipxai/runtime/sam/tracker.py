@@ -137,9 +137,9 @@ class MaskTracker:
             MaskPredictor.from_bundle(source, options=runtime_options(options, **settings))
         tracking = predictor.manifest.tracking
         if tracking is None:
-            raise ClipxaiError(f"{predictor.bundle.path} has no tracking graphs ({predictor.family} "
-                               f"{predictor.model}); export a SAM 2.1 bundle with clipxai export-sam (SAM 1 has "
-                               "no memory)")
+            how = ("SAM 1 has no memory: export a SAM 2.1 model with clipxai export-sam" if predictor.family == "sam"
+                   else "export it again with clipxai export-sam --video")
+            raise ClipxaiError(f"{predictor.bundle.path} has no tracking graphs ({predictor.model}); {how}")
         self.sam, self.settings = predictor, tracking
         opts = runtime_options(options, **settings)
         self.attention, self.encoder, self.decoder = (
@@ -224,7 +224,7 @@ class MaskTracker:
         size = self.sam.size
         self.sam.set_image(image)
         if size is not None and self.objects and self.sam.size != size:
-            _note_once(f"the frame size changed from {size[1]}x{size[0]} to {self.sam.size[1]}x{self.sam.size[0]}: "
+            log.warning(f"the frame size changed from {size[1]}x{size[0]} to {self.sam.size[1]}x{self.sam.size[0]}: "
                        "the tracker restarted its memory (objects must be added again)")
             self.objects.clear()
         self._frame = image.copy()
@@ -279,7 +279,7 @@ class MaskTracker:
 
     def _forget(self, obj: _Object) -> None:
         keep = max(self.settings.num_maskmem, self.max_pointers) - 1
-        for t in [t for t in obj.recent if t < self.frame_index - keep]:
+        for t in [t for t in obj.recent if t <= self.frame_index - keep]:   # the next frame needs f - keep + 1 on
             del obj.recent[t]
 
     # ---- graphs ----------------------------------------------------------------------------------------------

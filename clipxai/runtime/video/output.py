@@ -1,5 +1,5 @@
 """Writing a video out: ``VideoWriter`` (H.264 in an MP4, renamed into place when closed), the
-annotated frame (``annotate``), and what a source file declares (frame rate, frame count)."""
+annotated frame (``annotate``; ``annotate_tracks`` for tracks), and what a source file declares (frame rate, frame count)."""
 
 from __future__ import annotations
 
@@ -99,6 +99,28 @@ def annotate(image: Image.Image, pred, heatmap_class: int | None, random_weights
         labels = pred.segmentation
     pic = legend_box(tint(image, labels, colours), pred.classes, colours)
     return stamp(pic, banner) if banner else pic
+
+
+def annotate_tracks(image: Image.Image, tracks, random_weights: bool = False) -> Image.Image:
+    """The frame for a tracks video: each visible track's mask (``Track``: id, name, mask bool [H, W], score,
+    bbox) tinted in its id's colour (``visualize.colour(id)``: the same all along; where masks overlap the
+    higher score wins, ``track_map``) and labelled "class #id" at its box's top-left corner; the
+    random-weights banner."""
+    from clipxai.runtime.video.tracks import track_map
+    from clipxai.runtime.visualize import RANDOM_WEIGHTS_BANNER, colour, stamp, tint
+    shown = [t for t in tracks if t.visible and t.area]
+    ids = np.array(sorted(t.id for t in shown), np.int64)
+    labels = track_map(shown, (image.height, image.width))
+    rows = np.where(labels > 0, np.searchsorted(ids, labels), -1).astype(np.int32)
+    pic = tint(image, rows, np.array([colour(int(i)) for i in ids], np.uint8).reshape(-1, 3))
+    draw, font = ImageDraw.Draw(pic), ImageFont.load_default()
+    for t in shown:
+        x, y = t.bbox[:2]
+        text = f"{t.name} #{t.id}"
+        box = draw.textbbox((x + 2, y + 1), text, font=font)
+        draw.rectangle([x, y, box[2] + 2, box[3] + 1], fill=colour(t.id))
+        draw.text((x + 2, y + 1), text, fill=(0, 0, 0), font=font)
+    return stamp(pic, RANDOM_WEIGHTS_BANNER) if random_weights else pic
 
 
 def source_fps(path) -> float:
