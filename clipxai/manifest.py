@@ -695,6 +695,7 @@ class MaskManifest(Manifest):
     graphs: MaskGraphs = section(MaskGraphs, required=True)
     verification: dict | None = value(optional(OBJECT))
     fidelity: dict | None = value(FIDELITY)
+    bf16_fidelity: dict | None = value(FIDELITY, omit_none=True)
     files: dict[str, FileEntry] = table(FileEntry, FILE_TABLE, required=True)
     tracking: Tracking | None = section(Tracking, nullable=True, omit_none=True)
     extra: dict = extra()

@@ -75,7 +75,7 @@ if kind == "torch":
             for k in parts: parts[k] = 0.0
 else:
     from clipxai.runtime.sam.tracker import MaskTracker
-    tracker = MaskTracker(bundle, providers="cpu", threads=2, graph_cache="sync")   # the cache built before timing
+    tracker = MaskTracker(bundle, providers="cpu", threads=2)   # graph cache entries built by WARM beforehand
     timed(tracker.sam.encoder, "run", "encoder"); timed(tracker.attention, "run", "memory_attention")
     timed(tracker.decoder, "run", "decoder"); timed(tracker.encoder, "run", "memory_encoder")
     for p in points:
@@ -92,6 +92,13 @@ for k in parts:
 print(json.dumps(out))
 """
 
+WARM = r"""
+import json, sys
+from clipxai.runtime.sam.tracker import MaskTracker
+MaskTracker(sys.argv[1], providers="cpu", threads=2, graph_cache="sync")
+print(json.dumps({"warm": True}))
+"""
+
 RSS_WORKER = r"""
 import json, sys, resource
 import numpy as np
@@ -99,7 +106,7 @@ from clipxai.export.sam_video import moving_shapes
 from clipxai.runtime.sam.tracker import MaskTracker
 bundle, objects, frames = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 clip = moving_shapes(12, 480, 640)
-tracker = MaskTracker(bundle, providers="cpu", threads=2, graph_cache="sync")
+tracker = MaskTracker(bundle, providers="cpu", threads=2)
 for i in range(objects):
     tracker.add(clip[0], [[640 * (0.25 + 0.25 * i), 480 * (0.3 + 0.2 * i)]], [1])
 def rss_mb():
@@ -114,10 +121,18 @@ print(json.dumps({"rss_mb_by_frame": points,
 """
 
 
-def worker(kind: str, a, objects: int) -> dict:
-    cmd = [sys.executable, "-c", WORKER, kind, str(a.bundle), str(a.checkpoint), str(objects), str(a.frames),
-           str(a.warm)]
+def worker(kind: str, a, objects: int, bundle: Path | None = None) -> dict:
+    cmd = [sys.executable, "-c", WORKER, kind, str(bundle or a.bundle), str(a.checkpoint), str(objects),
+           str(a.frames), str(a.warm)]
     return run_json(cmd, f"{kind} {objects}")
+
+
+def pipelines(a, n: int) -> dict:
+    """name -> a function running that pipeline's worker for n objects."""
+    out = {"torch": lambda: worker("torch", a, n), "clipxai": lambda: worker("ours", a, n)}
+    if a.int8_bundle:
+        out["clipxai int8 encoder"] = lambda: worker("ours", a, n, a.int8_bundle)
+    return out
 
 
 def main() -> None:
@@ -129,22 +144,26 @@ def main() -> None:
     p.add_argument("--warm", type=int, default=8, help="Frames before timing (the bank holds 7 memories).")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--rss-frames", type=int, default=0)
+    p.add_argument("--int8-bundle", type=Path, default=None,
+                   help="The same model exported with --precision int8 (its encoder through the IoU gate).")
     a = p.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
+    for bundle in filter(None, (a.bundle, a.int8_bundle)):   # graph caches built once, outside the timed runs
+        run_json([sys.executable, "-c", WARM, str(bundle)], "graph cache")
     for n in a.objects:
-        rounds = alternate({"torch": lambda n=n: worker("torch", a, n), "clipxai": lambda n=n: worker("ours", a, n)},
-                           a.rounds, f"{n} object(s)")
+        rounds = alternate(pipelines(a, n), a.rounds, f"{n} object(s)")
         print(f"\n{n} object(s), 640x480, ms per frame (median over rounds of the per-frame median):")
         print("| pipeline | frame | encoder | memory attention | decoder | memory encoder | not encoder | peak RSS MB |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for name in ("torch", "clipxai"):
+        for name in rounds[0]:
             row = {k: median_of(rounds, name, k) for k in rounds[0][name]}
             rest = 100 * (1 - row["encoder_ms"] / row["frame_ms"])
             print(f"| {name} | {row['frame_ms']:.0f} | {row['encoder_ms']:.0f} | {row['memory_attention_ms']:.0f} | "
                   f"{row['decoder_ms']:.0f} | {row['memory_encoder_ms']:.0f} | {rest:.0f} % | {row['peak_rss_mb']:.0f} |")
-        speed = ratios(rounds, "torch", "clipxai", "frame_ms")
-        print(f"speed-up clipxai vs torch per frame: {statistics.median(speed):.2f}x (rounds: "
-              f"{', '.join(f'{r:.2f}' for r in speed)})")
+        for name in list(rounds[0])[1:]:
+            speed = ratios(rounds, "torch", name, "frame_ms")
+            print(f"speed-up {name} vs torch per frame: {statistics.median(speed):.2f}x (rounds: "
+                  f"{', '.join(f'{r:.2f}' for r in speed)})")
     if a.rss_frames:
         cmd = [sys.executable, "-c", RSS_WORKER, str(a.bundle), str(a.objects[0]), str(a.rss_frames)]
         print(json.dumps(run_json(cmd, "rss")))

@@ -448,7 +448,7 @@ def test_build_engine_script_builds_both_graphs_of_a_mask_model(tmp_path):
     from tiny_sam import TINY_SAM, save_checkpoint
     save_checkpoint(TINY_SAM, tmp_path / "t.pth")
     bundle = export_mask_bundle(SamExportConfig(model="tiny-sam", checkpoint=tmp_path / "t.pth",
-                                                output=tmp_path / "sam", verify=False)).path
+                                                output=tmp_path / "sam", verify=False, bf16=False)).path
     b = load_bundle(bundle, kind="mask-model")
     dec = mask_plan(b.manifest, b.path, "decoder", precision="fp16").trtexec_args()
     assert "--minShapes=image_embeddings:1x256x64x64,point_coords:1x1x2,point_labels:1x1" in dec

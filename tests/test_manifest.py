@@ -38,7 +38,8 @@ def bundles(tmp_path_factory):
     for row in (TINY_SAM, TINY_SAM2):
         save_checkpoint(row, root / row.checkpoint, seed=1)
         out[row.family] = export_mask_bundle(SamExportConfig(model=row.name, checkpoint=root / row.checkpoint,
-                                                             output=root / row.name, verify=False))
+                                                             output=root / row.name, verify=False,
+                                                             bf16=False))
     return out
 
 

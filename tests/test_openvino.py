@@ -49,7 +49,7 @@ def sam_bundles(tmp_path_factory):
     for row in (TINY_SAM, TINY_SAM2):
         save_checkpoint(row, root / row.checkpoint, seed=3)
         out[row.family] = export_mask_bundle(SamExportConfig(model=row.name, checkpoint=root / row.checkpoint,
-                                                             output=root / row.name)).path
+                                                             output=root / row.name, bf16=False)).path
     return out
 
 

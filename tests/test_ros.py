@@ -420,7 +420,7 @@ def test_sam_masks_are_the_label_map_of_the_mask_predictor(bundle, reference, tm
     from clipxai.runtime.sam import MaskPredictor, label_map
     save_checkpoint(TINY_SAM, tmp_path / "sam.pth", seed=7)
     sam = str(export_mask_bundle(SamExportConfig(model=TINY_SAM.name, checkpoint=tmp_path / "sam.pth",
-                                                 output=tmp_path / "sam")).path)
+                                                 output=tmp_path / "sam", bf16=False)).path)
     r = CliRunner().invoke(load_ros(), [bundle, "--sam", bundle])  # a CLIP bundle as --sam
     assert r.exit_code == 2 and "mask-model" in r.output and r.output.count("\n") == 1, r.output
     h = Harness(bundle, sam=sam)

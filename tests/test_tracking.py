@@ -60,7 +60,7 @@ def setup(tmp_path_factory):
     model = save_checkpoint(TINY_SAM2, tmp / "seed.pt", seed=11)
     clip = moving_shapes(FRAMES, hidden=HIDDEN)
     events = _events(*clip[0].shape[:2])
-    first = _export(tmp, model, "unshifted")
+    first = _export(tmp, model, "unshifted", bf16=False)
     scores = [s for frame in clipxai_tracks(_tracker(first), clip, events) for _, s in frame.values()]
     head = model.sam_mask_decoder.pred_obj_score_head
     last = head.layers[-1] if hasattr(head, "layers") else head
@@ -198,7 +198,7 @@ def test_bundles_without_memory_are_refused(setup, tmp_path):
     with pytest.raises(ClipxaiError, match="SAM 1 model: it has no memory"):
         _check(SamExportConfig(model=TINY_SAM.name, checkpoint=tmp_path / "x.pth", output=tmp_path / "o",
                                video=True))
-    plain = _export(tmp_path, model, "plain", video=False)
+    plain = _export(tmp_path, model, "plain", video=False, bf16=False)
     with pytest.raises(ClipxaiError, match="has no tracking graphs"):
         _tracker(plain)
 
@@ -250,4 +250,33 @@ def test_full_size_hiera_tiny_tracks_as_sam2_video_predictor(tmp_path):
         theirs = reference_tracks(video_predictor(row, model), images, clip[0].shape[:2], events)
     report = compare(clipxai_tracks(tracker, clip, events), theirs)
     assert report["mask_logits"] <= TOLERANCE and report["object_scores"] <= TOLERANCE, report
-    assert report["mask_flips"] == 0 and report["frame_objects"] == 27, report
+    assert report["mask_flips"] == 0 and report["frame_objects"] == 28, report
+
+
+def test_openvino_bf16_tracker_follows_the_bundles_gate(setup):
+    """Export measured the encoder and memory attention in OpenVINO bf16 against fp32 (this CPU has native
+    bf16); the tracker runs them bf16 only because that gate passed, and its masks stay within it."""
+    pytest.importorskip("openvino")
+    from clipxai.runtime.backends import OpenVINOOptions, RuntimeOptions
+    from clipxai.runtime.backends.openvino import native_bf16
+    from clipxai.runtime.bundle import load_bundle
+    from clipxai.runtime.sam.tracker import MaskTracker
+    assert native_bf16(), "this project's CPU has AVX-512 BF16"
+    _, bundle, clip, events = setup
+    record = load_bundle(bundle, kind="mask-model").manifest.bf16_fidelity
+    assert list(record["graphs"]) == ["encoder.onnx", "memory_attention.onnx"] and record["masks"] == 4 * 3 + 4 * 2
+    assert record["passed"] == (record["mean_iou"] >= 0.95)
+    options = RuntimeOptions(providers="openvino", openvino=OpenVINOOptions(precision="bf16", cache=False))
+    if not record["passed"]:
+        with pytest.raises(ClipxaiError, match="bf16 refused"):
+            MaskTracker(bundle, options)
+        return
+    bf16 = MaskTracker(bundle, options, num_frames=FRAMES)
+    assert (bf16.sam.encoder.precision, bf16.attention.precision, bf16.decoder.precision) == ("bf16", "bf16", "fp32")
+    script = [e for e in events if e.frame < 4]
+    ious = []
+    for a, b in zip(clipxai_tracks(_tracker(bundle), clip[:4], script), clipxai_tracks(bf16, clip[:4], script)):
+        for key in a:
+            x, y = a[key][0] > 0, b[key][0] > 0
+            ious.append((x & y).sum() / max((x | y).sum(), 1) if (x | y).any() else 1.0)
+    assert np.mean(ious) >= 0.95, ious

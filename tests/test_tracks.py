@@ -42,12 +42,13 @@ def bundles(tmp_path_factory):
         model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(8.0)
     torch.save({"model": model.state_dict()}, root / "sam2.pt")
     out = {"sam2": export_mask_bundle(SamExportConfig(model=TINY_SAM2.name, checkpoint=root / "sam2.pt",
-                                                      output=root / "sam2", verify=False)).path,
+                                                      output=root / "sam2", verify=False, bf16=False)).path,
            "no_video": export_mask_bundle(SamExportConfig(model=TINY_SAM2.name, checkpoint=root / "sam2.pt",
-                                                          output=root / "no-video", verify=False, video=False)).path}
+                                                          output=root / "no-video", verify=False, video=False,
+                                                          bf16=False)).path}
     save_checkpoint(TINY_SAM, root / "sam.pth", seed=7)
     out["sam1"] = export_mask_bundle(SamExportConfig(model=TINY_SAM.name, checkpoint=root / "sam.pth",
-                                                     output=root / "sam1", verify=False)).path
+                                                     output=root / "sam1", verify=False, bf16=False)).path
     out["clip"] = export_bundle(ExportConfig(output=root / "clip", classes=CLASSES, backbone=TINY.name,
                                              pretrained="random", image_size=32)).path
     return out

@@ -58,6 +58,7 @@ class SamExportConfig:
     fidelity_images: list[Path] | None = None
     fidelity_count: int = 4
     video: bool | None = None  # SAM 2.1: also the tracking graphs (None: yes for SAM 2.1; True for SAM 1 is refused)
+    bf16: bool = True          # measure OpenVINO bf16 against fp32 (where OpenVINO and native bf16 exist)
 
 
 def _check(cfg: SamExportConfig) -> MaskModel:
@@ -119,11 +120,12 @@ def build_manifest(row: MaskModel, cfg: SamExportConfig, checkpoint_sha: str) ->
     )
 
 
-def _tracker(staging: Path, manifest: MaskManifest, num_frames: int):
+def _tracker(staging: Path, manifest: MaskManifest, num_frames: int, predictor=None, options=None):
+    """A MaskTracker on the staged bundle: onnxruntime on the CPU unless given a predictor and its options."""
     from clipxai.runtime.backends import RuntimeOptions
     from clipxai.runtime.sam.tracker import MaskTracker
-    return MaskTracker(_predictor(staging, manifest), RuntimeOptions(providers="cpu", graph_cache="off"),
-                       num_frames=num_frames)
+    return MaskTracker(predictor or _predictor(staging, manifest),
+                       options or RuntimeOptions(providers="cpu", graph_cache="off"), num_frames=num_frames)
 
 
 def _verify_tracking(model, row: MaskModel, staging: Path, manifest: MaskManifest) -> dict:
@@ -137,6 +139,70 @@ def _verify_tracking(model, row: MaskModel, staging: Path, manifest: MaskManifes
                                 f"{report['mask_logits']:.3g}, object scores {report['object_scores']:.3g} "
                                 f"(> {TRACK_TOLERANCE}), {report['mask_flips']} mask pixels; no bundle written")
     return report
+
+
+def _openvino_bf16(staging: Path, manifest: MaskManifest):
+    """A MaskPredictor on OpenVINO with its encoder (and the tracker's memory attention) in bf16, and those
+    options; the staged manifest must list the files. The 'forced' warning is not for this measurement."""
+    import logging
+
+    from clipxai.runtime.backends import OpenVINOOptions, RuntimeOptions, open_graph
+    from clipxai.runtime.sam.predictor import MaskPredictor
+    options = RuntimeOptions(providers="openvino", graph_cache="off",
+                             openvino=OpenVINOOptions(precision="bf16", force_precision=True, cache=False))
+    bundle = Bundle(staging, manifest)
+    quiet = logging.getLogger("clipxai")
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        predictor = MaskPredictor(bundle, open_graph(bundle, MASK_ENCODER_FILE, options),
+                                  open_graph(bundle, MASK_DECODER_FILE, options))
+        tracker = _tracker(staging, manifest, 4, predictor, options) if manifest.tracking else None
+    finally:
+        quiet.level = level
+    return predictor, tracker
+
+
+def bf16_fidelity(cfg: SamExportConfig, staging: Path, manifest: MaskManifest, rep: Reporter) -> dict | None:
+    """The masks with the encoder (and, with tracking, the memory attention) in OpenVINO bf16 against
+    onnxruntime fp32: the image masks of the fidelity images and, with tracking, every object on a 4-frame
+    clip; gated like int8 (mean IoU >= 0.95). None (not measured) without OpenVINO or native bf16; a failed
+    gate is recorded, not an error (the runtime then refuses bf16)."""
+    from clipxai.runtime.backends.openvino import native_bf16
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        rep.note("bf16 fidelity not measured (OpenVINO not installed: clipxai[openvino])")
+        return None
+    if not native_bf16():
+        rep.note("bf16 fidelity not measured (this CPU has no native bf16)")
+        return None
+    images = (load_images(cfg.fidelity_images, 512) if cfg.fidelity_images
+              else synthetic_scenes(cfg.fidelity_count, 512, seed=1))
+    graphs = [MASK_ENCODER_FILE] + ([manifest.tracking.memory_attention.file] if manifest.tracking else [])
+    rep.step(f"measuring OpenVINO bf16 ({', '.join(graphs)}) against fp32 masks")
+    predictor, tracker = _openvino_bf16(staging, manifest)
+    ious = [_iou(a, b) for a, b in zip(_best_masks(_predictor(staging, manifest), images),
+                                       _best_masks(predictor, images))]
+    if tracker is not None:
+        ious += _tracked_ious(_tracker(staging, manifest, 4), tracker)
+    report = {"images": len(images), "masks": len(ious), "mean_iou": float(np.mean(ious)),
+              "min_iou": float(np.min(ious)), "gate": {"mean_iou": IOU_GATE}, "graphs": graphs,
+              "provider": "OpenVINO:CPU bf16"}
+    report["passed"] = report["mean_iou"] >= IOU_GATE
+    if not report["passed"]:
+        rep.warn(f"bf16 (OpenVINO) fails the IoU gate: mean mask IoU {report['mean_iou']:.3f} < {IOU_GATE}; "
+                 "the runtime will refuse bf16")
+    return report
+
+
+def _tracked_ious(fp32, bf16) -> list[float]:
+    """IoU of every object's mask on every frame of the verification clip, fp32 tracker against bf16."""
+    from clipxai.export.sam_video import clipxai_tracks, tracking_script
+    clip, events = tracking_script(4)
+    out = []
+    for a, b in zip(clipxai_tracks(fp32, clip, events), clipxai_tracks(bf16, clip, events)):
+        out += [_iou(a[k][0] > 0, b[k][0] > 0) for k in a]
+    return out
 
 
 def _predictor(staging: Path, manifest: MaskManifest, encoder_file: str = MASK_ENCODER_FILE):
@@ -253,6 +319,10 @@ def export_mask_bundle(cfg: SamExportConfig, reporter: Reporter | None = None) -
             tracking = dataclasses.replace(manifest.tracking,
                                            verification=_verify_tracking(model, row, staging, manifest))
             manifest = finalize_manifest(staging, dataclasses.replace(manifest, tracking=tracking))
+        if cfg.precision == "fp32" and cfg.bf16:
+            bf16 = bf16_fidelity(cfg, staging, manifest, rep)
+            if bf16 is not None:
+                manifest = finalize_manifest(staging, dataclasses.replace(manifest, bf16_fidelity=bf16))
     output = Path(cfg.output)
     return ExportResult(output, bundle_size(output), time.perf_counter() - start, verification, manifest,
                         manifest_digest(output))

@@ -215,6 +215,15 @@ def moving_shapes(count: int, height: int = 240, width: int = 320, seed: int = 0
     return frames
 
 
+def tracking_script(frames: int) -> tuple[list[np.ndarray], list[Event]]:
+    """The export-time clip (moving shapes, 320x240) and its prompts: one object with one point on the first
+    frame (multimask), a second with a positive and a negative point."""
+    clip = moving_shapes(frames)
+    h, w = clip[0].shape[:2]
+    return clip, [Event(0, "add", 1, ((w * 0.25, h * 0.5),), (1,)),
+                  Event(0, "add", 2, ((w * 0.75, h * 0.4), (w * 0.1, h * 0.9)), (1, 0))]
+
+
 def verify_tracking(row: MaskModel, model, tracker, frames: int = 4) -> dict:
     """The tracker against the package's video predictor on a synthetic clip, one object prompted on the
     first frame with one point (multimask), a second with two points: the largest differences.
@@ -225,10 +234,8 @@ def verify_tracking(row: MaskModel, model, tracker, frames: int = 4) -> dict:
     from PIL import Image
 
     from clipxai.runtime.sam.preprocess import image_input
-    clip = moving_shapes(frames)
+    clip, events = tracking_script(frames)
     h, w = clip[0].shape[:2]
-    events = [Event(0, "add", 1, ((w * 0.25, h * 0.5),), (1,)),
-              Event(0, "add", 2, ((w * 0.75, h * 0.4), (w * 0.1, h * 0.9)), (1, 0))]
     images = torch.from_numpy(np.concatenate([image_input(Image.fromarray(f), tracker.sam.preprocess)[0]
                                               for f in clip]))
     reference = video_predictor(row, model)

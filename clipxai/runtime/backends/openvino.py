@@ -33,6 +33,7 @@ import numpy as np
 from clipxai.common.cache import report_once
 from clipxai.common.system import cpu_info
 from clipxai.errors import ClipxaiError
+from clipxai.contract import MASK_MEMORY_ATTENTION_FILE
 from clipxai.runtime.backends.graph_io import PRECISION_GRAPHS, expected_io
 from clipxai.runtime.backends.options import OpenVINOOptions
 
@@ -43,6 +44,9 @@ OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # clipxai's word -> INFERENCE_P
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bf16 arithmetic
 OV_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "i64": "tensor(int64)", "i32": "tensor(int32)",
             "u8": "tensor(uint8)", "boolean": "tensor(bool)"}
+# Graphs that run bf16 when asked: the image graph, a mask model's encoder, and SAM 2.1's memory attention (the
+# tracker's largest cost); the decoders, memory encoder and text graphs stay fp32.
+BF16_GRAPHS = (*PRECISION_GRAPHS, MASK_MEMORY_ATTENTION_FILE)
 MISSING = "OpenVINO is not installed; install the extra: pip install 'clipxai[openvino]'"
 
 
@@ -64,7 +68,7 @@ def precision_for(bundle, graph_file: str, ov: OpenVINOOptions) -> str:
     """The precision ``graph_file`` runs in (module docstring); a ClipxaiError when bf16 is refused."""
     if ov.precision not in OV_PRECISIONS:
         raise ClipxaiError(f"unknown OpenVINO precision {ov.precision!r}; use {' or '.join(OV_PRECISIONS)}")
-    if ov.precision == "fp32" or graph_file not in PRECISION_GRAPHS:
+    if ov.precision == "fp32" or graph_file not in BF16_GRAPHS:
         return "fp32"
     if ov.device.upper() == "CPU" and not native_bf16():
         report_once("openvino-bf16-cpu", "this CPU has no native bf16 (no %s in /proc/cpuinfo): running fp32 "
@@ -80,9 +84,11 @@ def check_bf16_gate(bundle, force: bool) -> None:
     record = getattr(bundle.manifest, "bf16_fidelity", None)
     if record is not None and record.get("passed") is True:
         return
+    measured = (f"mean mask IoU {record.get('mean_iou')}" if record is not None and "mean_iou" in record else
+                f"correlation {record.get('correlation')}, pixel agreement {record.get('pixel_agreement')}"
+                if record is not None else "")
     why = ("its bf16 fidelity was never measured (export it with OpenVINO installed)" if record is None else
-           f"its bf16 graph failed the fidelity gate at export (correlation {record.get('correlation')}, "
-           f"pixel agreement {record.get('pixel_agreement')})")
+           f"its bf16 graph failed the fidelity gate at export ({measured})")
     if not force:
         raise ClipxaiError(f"{bundle.path}: bf16 refused: {why}; force it with force_precision "
                            "(--force-precision) or run fp32")
