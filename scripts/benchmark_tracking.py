@@ -74,8 +74,13 @@ if kind == "torch":
             record(start); start = time.perf_counter()
             for k in parts: parts[k] = 0.0
 else:
+    from clipxai.runtime.backends import OpenVINOOptions, RuntimeOptions
     from clipxai.runtime.sam.tracker import MaskTracker
-    tracker = MaskTracker(bundle, providers="cpu", threads=2)   # graph cache entries built by WARM beforehand
+    if kind == "ours-bf16":   # OpenVINO, the encoder and the memory attention bf16 (the bundle's gate passed)
+        options = RuntimeOptions(providers="openvino", threads=2, openvino=OpenVINOOptions(precision="bf16"))
+    else:                     # onnxruntime; graph cache entries built by WARM beforehand
+        options = RuntimeOptions(providers="cpu", threads=2)
+    tracker = MaskTracker(bundle, options)
     timed(tracker.sam.encoder, "run", "encoder"); timed(tracker.attention, "run", "memory_attention")
     timed(tracker.decoder, "run", "decoder"); timed(tracker.encoder, "run", "memory_encoder")
     for p in points:
@@ -94,8 +99,11 @@ print(json.dumps(out))
 
 WARM = r"""
 import json, sys
+from clipxai.runtime.backends import OpenVINOOptions, RuntimeOptions
 from clipxai.runtime.sam.tracker import MaskTracker
 MaskTracker(sys.argv[1], providers="cpu", threads=2, graph_cache="sync")
+if sys.argv[2] == "bf16":   # OpenVINO's compiled-model cache, filled once
+    MaskTracker(sys.argv[1], RuntimeOptions(providers="openvino", threads=2, openvino=OpenVINOOptions(precision="bf16")))
 print(json.dumps({"warm": True}))
 """
 
@@ -132,6 +140,8 @@ def pipelines(a, n: int) -> dict:
     out = {"torch": lambda: worker("torch", a, n), "clipxai": lambda: worker("ours", a, n)}
     if a.int8_bundle:
         out["clipxai int8 encoder"] = lambda: worker("ours", a, n, a.int8_bundle)
+    if a.bf16:
+        out["clipxai OpenVINO bf16"] = lambda: worker("ours-bf16", a, n)
     return out
 
 
@@ -144,12 +154,15 @@ def main() -> None:
     p.add_argument("--warm", type=int, default=8, help="Frames before timing (the bank holds 7 memories).")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--rss-frames", type=int, default=0)
+    p.add_argument("--bf16", action="store_true",
+                   help="Also OpenVINO with the encoder and memory attention in bf16 (needs the bundle's bf16 gate).")
     p.add_argument("--int8-bundle", type=Path, default=None,
                    help="The same model exported with --precision int8 (its encoder through the IoU gate).")
     a = p.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     for bundle in filter(None, (a.bundle, a.int8_bundle)):   # graph caches built once, outside the timed runs
-        run_json([sys.executable, "-c", WARM, str(bundle)], "graph cache")
+        run_json([sys.executable, "-c", WARM, str(bundle), "bf16" if a.bf16 and bundle == a.bundle else ""],
+                 "graph cache")
     for n in a.objects:
         rounds = alternate(pipelines(a, n), a.rounds, f"{n} object(s)")
         print(f"\n{n} object(s), 640x480, ms per frame (median over rounds of the per-frame median):")

@@ -106,6 +106,12 @@ def test_mask_graphs_equal_onnxruntime_in_fp32(sam_bundles, family, tmp_path):
     _compare(b, MASK_DECODER_FILE, tmp_path, feeds)
 
 
+@pytest.mark.parametrize("graph", ["memory_attention.onnx", "memory_encoder.onnx", "track_decoder.onnx"])
+def test_tracking_graphs_equal_onnxruntime_in_fp32(sam_bundles, graph, tmp_path):
+    """SAM 2.1's tracking graphs (a bank of 2 memories and 2 pointers for 2 objects) on OpenVINO fp32."""
+    _compare(load_bundle(sam_bundles["sam2"], kind="mask-model"), graph, tmp_path)
+
+
 def test_the_predictor_on_openvino_equals_onnxruntime(clip_bundle, tmp_path):
     ref = Predictor.from_bundle(clip_bundle, providers="cpu", graph_cache=False)
     ov = Predictor.from_bundle(clip_bundle, providers="openvino", cache_dir=str(tmp_path))

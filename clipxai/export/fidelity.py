@@ -151,3 +151,18 @@ def gate_failures(report: dict, gate: Gate) -> list[str]:
         out.append(f"segmentation pixel agreement {100 * report['pixel_agreement']:.1f}% < "
                    f"{100 * gate.pixel_agreement:.0f}%")
     return out
+
+
+def bf16_measurable(rep) -> bool:
+    """Whether OpenVINO bf16 can be measured here (OpenVINO installed, a CPU with native bf16); a note to
+    ``rep`` (a Reporter) saying why not otherwise."""
+    from clipxai.runtime.backends.openvino import native_bf16
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        rep.note("bf16 fidelity not measured (OpenVINO not installed: clipxai[openvino])")
+        return False
+    if not native_bf16():
+        rep.note("bf16 fidelity not measured (this CPU has no native bf16)")
+        return False
+    return True

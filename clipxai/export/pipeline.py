@@ -277,15 +277,8 @@ def _bf16_fidelity(cfg: ExportConfig, staging: Path, loaded, rep: Reporter, voca
     """The fp32 graph run in OpenVINO bf16 against onnxruntime fp32, gated as int8 (fidelity.GATES["bf16"]),
     for the manifest's ``bf16_fidelity``; None (not measured) without OpenVINO or on a CPU without native
     bf16. A failed gate is recorded, not an error: the bundle is fp32, the runtime refuses it bf16."""
-    from clipxai.export.fidelity import run_outputs_openvino
-    from clipxai.runtime.backends.openvino import native_bf16
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        rep.note("bf16 fidelity not measured (OpenVINO not installed: clipxai[openvino])")
-        return None
-    if not native_bf16():
-        rep.note("bf16 fidelity not measured (this CPU has no native bf16)")
+    from clipxai.export.fidelity import bf16_measurable, run_outputs_openvino
+    if not bf16_measurable(rep):
         return None
     images, source = _fidelity_images(cfg)
     extra = _graph_extra(cfg, vocabulary)

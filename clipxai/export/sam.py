@@ -30,7 +30,7 @@ from clipxai.contract import (
 )
 from clipxai.errors import ClipxaiError, VerificationError, WeightsError
 from clipxai.export.bundle import bundle_size, check_output, finalize_manifest, staged_bundle
-from clipxai.export.fidelity import load_images, synthetic_scenes
+from clipxai.export.fidelity import bf16_measurable, load_images, synthetic_scenes
 from clipxai.export.onnx_export import MIN_OPSET, export_module, save_graph
 from clipxai.export.pipeline import ExportResult, Reporter
 from clipxai.export.precision import convert
@@ -167,14 +167,7 @@ def bf16_fidelity(cfg: SamExportConfig, staging: Path, manifest: MaskManifest, r
     onnxruntime fp32: the image masks of the fidelity images and, with tracking, every object on a 4-frame
     clip; gated like int8 (mean IoU >= 0.95). None (not measured) without OpenVINO or native bf16; a failed
     gate is recorded, not an error (the runtime then refuses bf16)."""
-    from clipxai.runtime.backends.openvino import native_bf16
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        rep.note("bf16 fidelity not measured (OpenVINO not installed: clipxai[openvino])")
-        return None
-    if not native_bf16():
-        rep.note("bf16 fidelity not measured (this CPU has no native bf16)")
+    if not bf16_measurable(rep):
         return None
     images = (load_images(cfg.fidelity_images, 512) if cfg.fidelity_images
               else synthetic_scenes(cfg.fidelity_count, 512, seed=1))
@@ -302,27 +295,33 @@ def export_mask_bundle(cfg: SamExportConfig, reporter: Reporter | None = None) -
             from clipxai.export.sam_video import export_tracking
             rep.step("exporting the tracking graphs (memory attention, memory encoder, tracking decoder)")
             manifest = dataclasses.replace(manifest, tracking=export_tracking(model, staging, cfg.opset))
-        verification = None
         if cfg.verify:
-            rep.step("verifying the device pipeline against the package's predictor")
-            verification = verify(model, row, staging, manifest)
-            worst = max(verification["low_res_masks"], verification["iou_predictions"])
-            if not worst <= TOLERANCE:
-                raise VerificationError(f"the mask graphs disagree with {row.family}'s predictor: max abs error "
-                                        f"low-res logits {verification['low_res_masks']:.3g}, IoU "
-                                        f"{verification['iou_predictions']:.3g} > {TOLERANCE}; no bundle written")
+            manifest = _verified(model, row, staging, manifest, rep)   # on the fp32 encoder
         fidelity = lower_precision(cfg, staging, manifest, rep) if cfg.precision != "fp32" else None
-        manifest = finalize_manifest(staging, dataclasses.replace(manifest, verification=verification,
-                                                                  fidelity=fidelity))
-        if manifest.tracking is not None and cfg.verify:
-            rep.step("verifying the tracker against SAM2VideoPredictor on a 4-frame synthetic clip")
-            tracking = dataclasses.replace(manifest.tracking,
-                                           verification=_verify_tracking(model, row, staging, manifest))
-            manifest = finalize_manifest(staging, dataclasses.replace(manifest, tracking=tracking))
+        manifest = finalize_manifest(staging, dataclasses.replace(manifest, fidelity=fidelity))
         if cfg.precision == "fp32" and cfg.bf16:
             bf16 = bf16_fidelity(cfg, staging, manifest, rep)
             if bf16 is not None:
                 manifest = finalize_manifest(staging, dataclasses.replace(manifest, bf16_fidelity=bf16))
     output = Path(cfg.output)
-    return ExportResult(output, bundle_size(output), time.perf_counter() - start, verification, manifest,
+    return ExportResult(output, bundle_size(output), time.perf_counter() - start, manifest.verification, manifest,
                         manifest_digest(output))
+
+
+def _verified(model, row: MaskModel, staging: Path, manifest: MaskManifest, rep: Reporter) -> MaskManifest:
+    """The manifest with its verification (and its tracking's): the device pipeline against the package's
+    predictor, then the tracker against SAM2VideoPredictor; VerificationError past the tolerances."""
+    rep.step("verifying the device pipeline against the package's predictor")
+    verification = verify(model, row, staging, manifest)
+    worst = max(verification["low_res_masks"], verification["iou_predictions"])
+    if not worst <= TOLERANCE:
+        raise VerificationError(f"the mask graphs disagree with {row.family}'s predictor: max abs error "
+                                f"low-res logits {verification['low_res_masks']:.3g}, IoU "
+                                f"{verification['iou_predictions']:.3g} > {TOLERANCE}; no bundle written")
+    manifest = dataclasses.replace(manifest, verification=verification)
+    if manifest.tracking is None:
+        return manifest
+    rep.step("verifying the tracker against SAM2VideoPredictor on a 4-frame synthetic clip")
+    listed = finalize_manifest(staging, manifest)   # the tracker opens only graphs the manifest lists
+    tracking = dataclasses.replace(manifest.tracking, verification=_verify_tracking(model, row, staging, listed))
+    return dataclasses.replace(manifest, tracking=tracking)
