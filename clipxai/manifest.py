@@ -732,7 +732,6 @@ class MaskManifest(Manifest):
                 return problem
         return None
 
-
     def _tracking_problem(self) -> str | None:
         if self.tracking is None:
             return None
@@ -740,7 +739,7 @@ class MaskManifest(Manifest):
             return f"family {self.family!r} has no memory; 'tracking' is for sam2 bundles only"
         want = tracking_graphs(self.tracking.hidden_dim, self.tracking.mem_dim)
         for name, graph in self.tracking.graphs().items():
-            expected = want.graphs()[name]
+            expected = want[name]
             problem = (self._files_problem([expected.file]) or _equal(f"tracking.{name}.file", graph.file, expected.file)
                        or _io(self.family, f"tracking.{name}.inputs", graph.inputs, list(expected.inputs))
                        or _io(self.family, f"tracking.{name}.outputs", graph.outputs, list(expected.outputs)))
@@ -814,20 +813,9 @@ def parse(d: dict, kind: str) -> Manifest:
     return MANIFESTS[kind].from_dict(d)
 
 
-@dataclass(frozen=True)
-class _TrackingGraphs:
-    memory_attention: MaskGraph
-    memory_encoder: MaskGraph
-    decoder: MaskGraph
-
-    def graphs(self) -> dict[str, MaskGraph]:
-        return {"memory_attention": self.memory_attention, "memory_encoder": self.memory_encoder,
-                "track_decoder": self.decoder}
-
-
-def tracking_graphs(hidden_dim: int = 256, mem_dim: int = 64) -> _TrackingGraphs:
-    """SAM 2.1's three tracking graphs as the runtime runs them (docs/tracking.md): B objects, M memories,
-    P object pointers, N points."""
+def tracking_graphs(hidden_dim: int = 256, mem_dim: int = 64) -> dict[str, MaskGraph]:
+    """SAM 2.1's three tracking graphs as the runtime runs them (docs/tracking.md), named as
+    ``Tracking.graphs()`` names them: B objects, M memories, P object pointers, N points."""
     f32 = lambda *shape: TensorSpec.of("float32", shape)  # noqa: E731
     g, low = MASK_IMAGE_SIZE // 16, MASK_IMAGE_SIZE // 4
     embeddings = {MASK_EMBEDDINGS: f32(1, hidden_dim, g, g)}
@@ -845,4 +833,4 @@ def tracking_graphs(hidden_dim: int = 256, mem_dim: int = 64) -> _TrackingGraphs
         MASK_POINT_COORDS: f32("objects", "points", 2), MASK_POINT_LABELS: f32("objects", "points")},
         {MASK_LOW_RES: f32("objects", MASK_TOKENS, low, low), MASK_IOU: f32("objects", MASK_TOKENS),
          MASK_POINTERS: f32("objects", MASK_TOKENS, hidden_dim), MASK_OBJECT_SCORE: f32("objects", 1)})
-    return _TrackingGraphs(attention, encoder, decoder)
+    return {"memory_attention": attention, "memory_encoder": encoder, "track_decoder": decoder}

@@ -71,3 +71,16 @@ def signal_at_gate(proc, gate: Path, sig, timeout: float = 300.0) -> tuple[str, 
     proc.send_signal(sig)
     (gate / "sent").touch()
     return proc.communicate(timeout=timeout)
+
+
+def commands_in_fresh_python(arg_lists: list[list[str]], module: str):
+    """Run ``clipxai <args>`` for each of arg_lists in one fresh interpreter, then print whether ``module`` was
+    imported: the CompletedProcess, its last stdout line "<MODULE>" (imported) or "NO-<MODULE>"."""
+    import subprocess
+    import sys
+    tag = module.upper()
+    code = ("import sys\nfrom clipxai.cli.main import main\n"
+            f"for args in {arg_lists!r}:\n"
+            "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+            f"print({tag!r} if {module!r} in sys.modules else 'NO-{tag}')\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

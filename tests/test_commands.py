@@ -3,8 +3,6 @@ same commands, one meaning per flag across commands, flags in any order, and `--
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from click.testing import CliRunner
 
 from clipxai.cli.main import COMMANDS, load_command, main
 from clipxai.cli.options import CACHE_DIR_HELP, PROVIDERS_HELP
+from helpers import commands_in_fresh_python
 
 ROOT = Path(__file__).parent.parent
 TASKS = ["export", "export-sam", "segment", "explain", "evaluate", "cache", "ros"]
@@ -41,11 +40,8 @@ def test_clipxai_help_lists_every_task_in_one_line_each():
 
 
 def test_help_and_runtime_commands_never_import_torch():
-    code = ("import sys\nfrom clipxai.cli.main import main\n"
-            "for args in (['--help'], ['segment', '--help'], ['evaluate', 'segmentation', '--help'], ['cache', '--help']):\n"
-            "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = commands_in_fresh_python([["--help"], ["segment", "--help"], ["evaluate", "segmentation", "--help"],
+                                  ["cache", "--help"]], "torch")
     assert r.stdout.strip().splitlines()[-1] == "NO-TORCH", r.stdout + r.stderr
 
 

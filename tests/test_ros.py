@@ -29,6 +29,7 @@ from clipxai.apps.ros.convert import (BadFrame, ImageFields, UNASSIGNED, compres
                                       mono8_fields, parse_classes, rgb_fields, topic_part)
 from clipxai.errors import ClipxaiError  # noqa: E402
 from clipxai.runtime import Predictor  # noqa: E402
+from helpers import commands_in_fresh_python  # noqa: E402
 from tiny import TINY  # noqa: E402
 
 CLASSES = ["red mug", "table", "sky"]
@@ -376,11 +377,7 @@ def test_bad_input_is_a_one_line_error_before_the_node_starts(tmp_path, bundle):
 
 
 def test_help_never_imports_rclpy():
-    code = ("import sys\nfrom clipxai.cli.main import main\n"
-            "for args in (['--help'], ['ros', '--help']):\n"
-            "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
-            "print('RCLPY' if 'rclpy' in sys.modules else 'NO-RCLPY')\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = commands_in_fresh_python([["--help"], ["ros", "--help"]], "rclpy")
     assert r.stdout.strip().splitlines()[-1] == "NO-RCLPY", r.stdout + r.stderr
     assert "--ros-args" in r.stdout
 

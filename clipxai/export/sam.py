@@ -152,13 +152,14 @@ def _openvino_bf16(staging: Path, manifest: MaskManifest):
                              openvino=OpenVINOOptions(precision="bf16", force_precision=True, cache=False))
     bundle = Bundle(staging, manifest)
     quiet = logging.getLogger("clipxai")
-    level, quiet.level = quiet.level, logging.ERROR
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         predictor = MaskPredictor(bundle, open_graph(bundle, MASK_ENCODER_FILE, options),
                                   open_graph(bundle, MASK_DECODER_FILE, options))
         tracker = _tracker(staging, manifest, 4, predictor, options) if manifest.tracking else None
     finally:
-        quiet.level = level
+        quiet.setLevel(level)
     return predictor, tracker
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from clipxai.contract import (
-    MASK_BINARIZE, MASK_CONDITIONED, MASK_EMBEDDINGS, MASK_HIGH_RES, MASK_IOU, MASK_LOW_RES, MASK_MASK_LOGITS,
+    MASK_BINARIZE, MASK_CONDITIONED, MASK_IOU, MASK_LOW_RES, MASK_MASK_LOGITS,
     MASK_MEMORIES, MASK_MEMORY_SLOTS, MASK_OBJECT_SCORE, MASK_POINT_COORDS, MASK_POINT_LABELS,
     MASK_POINTER_DISTANCES, MASK_POINTERS,
 )
@@ -44,34 +44,35 @@ def export_tracking(model, staging: Path, opset: int) -> Tracking:
     """Export the three tracking graphs of a SAM 2.1 model into ``staging``; their manifest section."""
     attention, encoder, decoder = video_graph_modules(model)
     consts = tracking_constants(model)
-    specs = tracking_graphs(consts.hidden_dim, consts.mem_dim)
+    graphs = tracking_graphs(consts.hidden_dim, consts.mem_dim)
+    attention_spec, encoder_spec, decoder_spec = (graphs[k] for k in ("memory_attention", "memory_encoder",
+                                                                     "track_decoder"))
     g, c, m = model.sam_image_embedding_size, consts.hidden_dim, consts.mem_dim
     emb = torch.randn(1, c, g, g)
     objects = {0: "objects"}
     export_module(attention, (emb, torch.randn(2, 3, m, g, g), torch.tensor([[6, 0, 1], [6, 0, 1]]),
                               torch.randn(2, 2, c), torch.rand(2, 2)),
-                  staging / specs.memory_attention.file, list(specs.memory_attention.inputs),
-                  list(specs.memory_attention.outputs),
+                  staging / attention_spec.file, list(attention_spec.inputs),
+                  list(attention_spec.outputs),
                   dynamic_axes={MASK_MEMORIES: {0: "objects", 1: "memories"},
                                 MASK_MEMORY_SLOTS: {0: "objects", 1: "memories"},
                                 MASK_POINTERS: {0: "objects", 1: "pointers"},
                                 MASK_POINTER_DISTANCES: {0: "objects", 1: "pointers"}, MASK_CONDITIONED: objects},
-                  opset=opset, data_file=specs.memory_attention.file + ".data")  # the CPU graph cache fuses it
+                  opset=opset, data_file=attention_spec.file + ".data")  # the CPU graph cache fuses it
     export_module(encoder, (emb, torch.randn(2, 1, 4 * g, 4 * g), torch.randn(2, 1), torch.tensor([1.0, 0.0])),
-                  staging / specs.memory_encoder.file, list(specs.memory_encoder.inputs),
-                  list(specs.memory_encoder.outputs),
+                  staging / encoder_spec.file, list(encoder_spec.inputs),
+                  list(encoder_spec.outputs),
                   dynamic_axes={MASK_MASK_LOGITS: objects, MASK_OBJECT_SCORE: objects, MASK_BINARIZE: objects,
                                 MASK_MEMORIES: objects}, opset=opset)
     export_module(decoder, (torch.randn(2, c, g, g), torch.randn(1, 32, 4 * g, 4 * g), torch.randn(1, 64, 2 * g, 2 * g),
                             torch.rand(2, 3, 2) * 1024, torch.tensor([[1.0, 0.0, -1.0], [-1.0, -1.0, -1.0]])),
-                  staging / specs.decoder.file, list(specs.decoder.inputs), list(specs.decoder.outputs),
+                  staging / decoder_spec.file, list(decoder_spec.inputs), list(decoder_spec.outputs),
                   dynamic_axes={MASK_CONDITIONED: objects, MASK_POINT_COORDS: {0: "objects", 1: "points"},
                                 MASK_POINT_LABELS: {0: "objects", 1: "points"}, MASK_LOW_RES: objects,
                                 MASK_IOU: objects, MASK_POINTERS: objects, MASK_OBJECT_SCORE: objects},
                   opset=opset)
-    assert list(specs.memory_attention.inputs)[0] == MASK_EMBEDDINGS and MASK_HIGH_RES[0] in specs.decoder.inputs
-    return Tracking(**dataclasses.asdict(consts), memory_attention=specs.memory_attention,
-                    memory_encoder=specs.memory_encoder, decoder=specs.decoder)
+    return Tracking(**dataclasses.asdict(consts), memory_attention=attention_spec,
+                    memory_encoder=encoder_spec, decoder=decoder_spec)
 
 
 # ---- the reference ---------------------------------------------------------------------------------------------

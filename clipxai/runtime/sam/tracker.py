@@ -168,7 +168,7 @@ class MaskTracker:
             raise ClipxaiError(f"point ({x:g}, {y:g}) is outside the {w}x{h} frame; give points inside it")
         self._open(image, reuse=True)
         self._pending = True
-        feats = self._features()
+        feats = self.sam.features()
         c = point_input(coords[None], self.sam.size, self.sam.input_size, self.sam.preprocess.resize)
         c = np.concatenate([c, np.zeros((1, 1, 2), np.float32)], axis=1)
         lab = np.concatenate([labs[None], -np.ones((1, 1), np.float32)], axis=1)
@@ -212,13 +212,14 @@ class MaskTracker:
     # ---- one frame -----------------------------------------------------------------------------------------
 
     def _image(self, frame: ImageInput) -> np.ndarray:
-        """A frame (path, PIL image, HxWx3 uint8 RGB array) as an RGB uint8 array (size-limited as images are)."""
+        """A frame (path, PIL image, HxWx3 uint8 RGB array) as an RGB uint8 array of its own (a stream may reuse
+        its buffer), size-limited as images are."""
         return np.asarray(open_image(frame, self.sam.max_pixels))
 
     def _open(self, image: np.ndarray, reuse: bool) -> None:
         """Make ``frame`` the current frame. With reuse, pixels equal to the current frame's keep its index
         and features; anything else is encoded as the next frame (a stream may repeat a frame: track() only
-        reuses the frame an add() was given). A new frame size restarts the memory (said once)."""
+        reuses the frame an add() was given). A new frame size restarts the memory (one warning per change)."""
         if reuse and self._frame is not None and image.shape == self._frame.shape and np.array_equal(image, self._frame):
             return
         size = self.sam.size
@@ -227,16 +228,13 @@ class MaskTracker:
             log.warning(f"the frame size changed from {size[1]}x{size[0]} to {self.sam.size[1]}x{self.sam.size[0]}: "
                        "the tracker restarted its memory (objects must be added again)")
             self.objects.clear()
-        self._frame = image.copy()
+        self._frame = image   # _image's own array: no copy needed to compare the next frame with
         self.frame_index += 1
         self._done = set()
 
-    def _features(self) -> dict[str, np.ndarray]:
-        return self.sam.features()
-
     def _step(self, ids: list[int]) -> None:
         """Memory attention (batched by bank length), decoder and memory encoder for objects ``ids``."""
-        feats = self._features()
+        feats = self.sam.features()
         conditioned = np.empty((len(ids), *feats[MASK_EMBEDDINGS].shape[1:]), np.float32)
         banks = {i: self._bank(self.objects[oid]) for i, oid in enumerate(ids)}
         for rows in _groups(banks):
@@ -285,7 +283,7 @@ class MaskTracker:
     # ---- graphs ----------------------------------------------------------------------------------------------
 
     def _decode(self, features: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
-        feats = self._features()
+        feats = self.sam.features()
         b = coords.shape[0]
         if features.shape[0] != b:
             features = np.repeat(features, b, axis=0)
@@ -312,7 +310,7 @@ class MaskTracker:
 
     def _encode(self, low: np.ndarray, object_score: np.ndarray, binarize: bool) -> np.ndarray:
         """Low-res logits [B, 1, 256, 256] -> memory bits (bfloat16 as uint16) [B, 64, 64, 64]."""
-        feed = {MASK_EMBEDDINGS: self._features()[MASK_EMBEDDINGS], MASK_MASK_LOGITS: low,
+        feed = {MASK_EMBEDDINGS: self.sam.features()[MASK_EMBEDDINGS], MASK_MASK_LOGITS: low,
                 MASK_OBJECT_SCORE: object_score.astype(np.float32),
                 MASK_BINARIZE: np.full(low.shape[0], 1.0 if binarize else 0.0, np.float32)}
         return to_bfloat16_bits(self.encoder.run([MASK_MEMORIES], feed)[0])
