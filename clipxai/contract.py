@@ -123,6 +123,7 @@ DEFAULT_EXPLAINER_BLOCKS = 8     # text blocks Grad-ECLIP's word explainer re-ru
 ROS_NODE_NAME = "clipxai"        # clipxai ros: the node's name (--ros-args -r __node:=NAME renames it)
 ROS_MAX_CLASSES = 255            # clipxai ros: the mono8 segmentation holds class k as k, 255 = unassigned
 ROS_DIAGNOSTICS_PERIOD_S = 1.0   # clipxai ros: /diagnostics once a second
+ROS_LATENCY_MAX_S = 60.0         # clipxai ros: a stamp older than this (or in the future) is not on the node's clock
 
 # Text to tracks (clipxai/runtime/video/tracks.py, clipxai segment --track)
 DEFAULT_REPROMPT_EVERY = 30   # frames between two prompts of every class

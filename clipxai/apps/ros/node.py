@@ -24,7 +24,7 @@ from clipxai.apps.ros.convert import BadFrame, ImageFields, check_class_count, c
     image_to_rgb, mono8_fields, mono16_fields, parse_classes, rgb_fields, topic_part
 from clipxai.apps.ros.frames import Latest, Stats
 from clipxai.common.report import SILENT, Reporter
-from clipxai.contract import DEFAULT_PROVIDERS, ROS_DIAGNOSTICS_PERIOD_S, ROS_NODE_NAME
+from clipxai.contract import DEFAULT_PROVIDERS, ROS_DIAGNOSTICS_PERIOD_S, ROS_LATENCY_MAX_S, ROS_NODE_NAME
 from clipxai.errors import ClipxaiError
 from clipxai.vocabulary import validate_classes
 
@@ -379,10 +379,11 @@ class NodeServer:
         return np.asarray(annotate(Image.fromarray(rgb), pred, None, self.predictor.bundle.random_weights))
 
     def _latency(self, header) -> float | None:
+        """Seconds from the image's stamp to now; None for a zero stamp or one not on this node's clock
+        (a camera's time since boot, a bag's recording time): older than ROS_LATENCY_MAX_S or in the future."""
         stamp = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-        if not stamp:
-            return None
-        return (self.node.get_clock().now().nanoseconds - stamp) / 1e9
+        latency = (self.node.get_clock().now().nanoseconds - stamp) / 1e9
+        return latency if stamp and 0 <= latency <= ROS_LATENCY_MAX_S else None
 
     # -- status ---------------------------------------------------------------------------------------
     def publish_class_names(self) -> None:
