@@ -82,15 +82,41 @@ def test_clip_graphs_equal_onnxruntime_in_fp32(clip_bundle, graph, tmp_path):
     _compare(load_bundle(clip_bundle), graph, tmp_path)
 
 
-def test_the_word_explainer_equals_onnxruntime_or_is_refused_in_one_line(clip_bundle, tmp_path):
-    """OpenVINO 2026.4's CPU plugin rejects the word explainer: its transformations hand a GatherElements
-    the qkv MatMul's [P, 77, 3C] output with [P, 1, C] indices. The refusal names the operator; an
-    OpenVINO that compiles it must match onnxruntime."""
-    try:
-        _compare(load_bundle(clip_bundle), TEXT_EXPLAINER_FILE, tmp_path)
-    except ClipxaiError as e:
-        assert "OpenVINO could not compile the graph on CPU (operator GatherElements" in str(e)
-        assert "\n" not in str(e)
+def test_the_word_explainer_equals_onnxruntime_and_stays_fp32(clip_bundle, tmp_path, monkeypatch):
+    """The word explainer picks its end-token rows with Gather, not GatherElements, which OpenVINO 2026.4's
+    CPU plugin could not compile on a slice of the qkv MatMul (clipxai/models/text_explainer.py: _row).
+    Asked for bf16, it stays fp32 (only the image graph and mask encoder run bf16)."""
+    b = load_bundle(clip_bundle)
+    _compare(b, TEXT_EXPLAINER_FILE, tmp_path)
+    ref = Predictor.from_bundle(clip_bundle, providers="cpu", graph_cache=False)
+    ov = Predictor.from_bundle(clip_bundle, providers="openvino", cache_dir=str(tmp_path))
+    texts = ["a red rocket launching into the blue sky", "sky"]
+    for want, got in zip(ref.explain_text(ROCKET, texts), ov.explain_text(ROCKET, texts)):
+        assert np.abs(got.weights - want.weights).max() <= TOL and abs(got.cosine - want.cosine) <= TOL
+    monkeypatch.setattr(ovb, "cpu_info", lambda: _cpu(["avx512f", "avx512_bf16"]))
+    passed = _with_bf16_record(b, {"passed": True, "correlation": 0.999, "pixel_agreement": 0.99})
+    opts = RuntimeOptions(providers="openvino", cache_dir=str(tmp_path), openvino=OpenVINOOptions(precision="bf16"))
+    assert backends.open_graph(passed, TEXT_EXPLAINER_FILE, opts).precision == "fp32"
+
+
+def test_an_older_word_explainer_is_refused_with_what_to_do(tmp_path, monkeypatch):
+    """A bundle whose explainer still takes its rows with GatherElements (as before the fix): one line that
+    names the operator and says to export again or use the CPU provider."""
+    import torch
+
+    from clipxai.export.pipeline import ExportConfig, export_bundle
+    from clipxai.models import text_explainer
+    monkeypatch.setattr(text_explainer, "_row", lambda t, i: t.gather(
+        1, i.reshape(-1, 1, 1).expand(-1, 1, t.shape[2])).squeeze(1))
+    torch.manual_seed(0)
+    out = tmp_path / "old"
+    export_bundle(ExportConfig(output=out, classes=["rocket", "sky"], backbone=TINY.name, method="grad-eclip",
+                               pretrained="random", image_size=32, text_encoder=True, text_explainer=True))
+    opts = RuntimeOptions(providers="openvino", cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ClipxaiError, match=r"operator GatherElements .*export the bundle again or use "
+                                           r"--providers cpu") as e:
+        backends.open_graph(load_bundle(out), TEXT_EXPLAINER_FILE, opts)
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("family", ["sam", "sam2"])
@@ -166,7 +192,8 @@ def test_bf16_only_with_a_passed_gate_and_a_cpu_that_has_it(clip_bundle, tmp_pat
     assert "forced" in caplog.text
     passed = _with_bf16_record(b, {"passed": True, "correlation": 0.999, "pixel_agreement": 0.99})
     assert ovb.precision_for(passed, MODEL_FILE, bf16) == "bf16"
-    assert ovb.precision_for(passed, TEXT_ENCODER_FILE, bf16) == "fp32"  # text graphs stay fp32
+    for graph in (TEXT_ENCODER_FILE, TEXT_EXPLAINER_FILE):  # text graphs stay fp32
+        assert ovb.precision_for(passed, graph, bf16) == "fp32"
     # a CPU without native bf16 (simulated): a note and fp32, whatever the bundle says
     monkeypatch.setattr(ovb, "cpu_info", lambda: _cpu(["avx512f", "avx2"]))
     monkeypatch.setattr("clipxai.common.cache._reported", set())

@@ -41,8 +41,13 @@ DEFAULT_BLOCKS = DEFAULT_EXPLAINER_BLOCKS
 
 
 def _row(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Row ``index[p]`` of each t[p]: t [P, L, C], index [P] -> [P, C]."""
-    return t.gather(1, index.reshape(-1, 1, 1).expand(-1, 1, t.shape[2])).squeeze(1)
+    """Row ``index[p]`` of each t[p]: t [P, L, C], index [P] -> [P, C].
+
+    Picked from the flattened rows [P·L, C] (ONNX Gather), not with ``torch.gather`` (GatherElements):
+    OpenVINO 2026.4's CPU plugin could not compile a GatherElements of q, a slice of the qkv MatMul
+    (its transformations handed it the whole [P, L, 3C] output; docs/performance.md)."""
+    flat = torch.arange(t.shape[0], device=t.device) * t.shape[1] + index      # [P]
+    return t.reshape(-1, t.shape[2]).index_select(0, flat)
 
 
 def _scale_of(ls: nn.Module) -> torch.Tensor | None:

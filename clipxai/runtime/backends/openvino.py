@@ -27,13 +27,14 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from clipxai.common.cache import report_once
 from clipxai.common.system import cpu_info
 from clipxai.errors import ClipxaiError
-from clipxai.contract import MASK_MEMORY_ATTENTION_FILE
+from clipxai.contract import MASK_MEMORY_ATTENTION_FILE, TEXT_EXPLAINER_FILE
 from clipxai.runtime.backends.graph_io import PRECISION_GRAPHS, expected_io
 from clipxai.runtime.backends.options import OpenVINOOptions
 
@@ -175,7 +176,10 @@ def compile_graph(core, path, device: str, config: dict):
         unshare_constants(model)
         return core.compile_model(model, device, config)
     except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError and its own types
-        raise ClipxaiError(f"{path}: OpenVINO could not compile the graph on {device} ({_why(e)[:300]})") from None
+        why = _why(e)[:300]
+        hint = ("; an older clipxai's word explainer (end-token rows by GatherElements): export the bundle "
+                "again or use --providers cpu" if Path(path).name == TEXT_EXPLAINER_FILE and "GatherElements" in why else "")
+        raise ClipxaiError(f"{path}: OpenVINO could not compile the graph on {device} ({why}){hint}") from None
 
 
 def _why(error: Exception) -> str:
