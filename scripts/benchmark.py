@@ -8,7 +8,13 @@ per-class heatmaps at the original size:
   Surgery in PyTorch (clipxai/models/reference.py: both paths in full through the
   surgery blocks, element-wise feature surgery), torch bilinear upsampling;
 - runtime: clipxai.runtime.Predictor on an exported bundle (onnxruntime CPU),
-  one row per precision. fp16 is measured only where a GPU provider exists.
+  one row per precision. fp16 is measured only where a GPU provider exists;
+- OpenVINO fp32 and bf16 (``--openvino``; by default where OpenVINO is
+  installed): the same Predictor on the fp32 bundle with providers="openvino".
+  bf16 runs only where the CPU has it and the bundle's bf16 gate passed at
+  export (the benchmark's export measures it when OpenVINO is installed).
+
+Batch 1 and ``--batch`` (8 by default) are measured for every row.
 
 Each pipeline runs in its own subprocess (honest peak RSS and cold start),
 with the same weights and thread count. Figures are medians of --runs runs in
@@ -29,7 +35,7 @@ The run also measures this machine's fp32 ceiling (onnxruntime MatMul,
 2048x2048x2048) and counts the model's FLOPs analytically, so it can print
 the achieved GFLOP/s as a fraction of the ceiling.
 
-    .venv/bin/python scripts/benchmark.py --sizes 224 448 --runs 5 --rounds 3
+    .venv/bin/python scripts/benchmark.py --sizes 224 448 --runs 5 --rounds 3 --batch 8
 """
 
 from __future__ import annotations
@@ -54,8 +60,8 @@ from harness import (
 ROOT = Path(__file__).resolve().parent.parent
 ROCKET = ROOT / "examples" / "rocket.jpg"
 CLASSES = "rocket,sky,smoke,tree,ground"
-BATCHES = (1, 4)
 KEPT = "torch reference, memory kept"
+OV_ROWS = {"fp32": "OpenVINO fp32", "bf16": "OpenVINO bf16"}  # --openvino precision -> row name
 
 
 def builder_peak_rss_mb(timeout=600):
@@ -137,7 +143,7 @@ def worker_runtime(a):
     from clipxai.runtime.postprocess import resize_bilinear
     from clipxai.runtime.preprocess import open_image, preprocess
     t_import = time.perf_counter()
-    p = Predictor.from_bundle(a.bundle, providers=a.providers, threads=a.threads)
+    p = Predictor.from_bundle(a.bundle, options=runtime_options(a))
     t_session = time.perf_counter()
     _ = p.predict(ROCKET).heatmaps
     t_first = time.perf_counter()
@@ -158,11 +164,21 @@ def worker_runtime(a):
     out["post_ms"] = median_ms(lambda: resize_bilinear(maps, 427, 640), a.runs)
     out["total_ms_b1"], out["faults_b1"] = timed_with_faults(lambda: p.predict(ROCKET).heatmaps, a.runs)
     out["peak_rss_b1_mb"] = peak_rss_mb()
-    x4 = x.repeat(4, 0)
-    out["infer_ms_b4"] = median_ms(lambda: p.session.run(None, {"image": x4}), a.runs)
-    out["total_ms_b4"] = median_ms(lambda: [q.heatmaps for q in p.predict_batch([ROCKET] * 4, batch_size=4)],
-                                   a.runs)
+    n = a.batch
+    xn = x.repeat(n, 0)
+    out[f"infer_ms_b{n}"] = median_ms(lambda: p.session.run(None, {"image": xn}), a.runs)
+    out[f"total_ms_b{n}"] = median_ms(lambda: [q.heatmaps for q in p.predict_batch([ROCKET] * n, batch_size=n)],
+                                      a.runs)
     return out
+
+
+def runtime_options(a):
+    """onnxruntime on ``--providers``, or OpenVINO at ``--ov-precision`` (the bundle's bf16 gate applies)."""
+    from clipxai.runtime import RuntimeOptions
+    from clipxai.runtime.backends import OpenVINOOptions
+    if a.ov_precision:
+        return RuntimeOptions(providers="openvino", threads=a.threads, openvino=OpenVINOOptions(precision=a.ov_precision))
+    return RuntimeOptions(providers=a.providers, threads=a.threads)
 
 
 def worker_torch(a):
@@ -212,16 +228,17 @@ def worker_torch(a):
                post_ms=median_ms(lambda: post(sim), a.runs))
     out["total_ms_b1"], out["faults_b1"] = timed_with_faults(pipeline, a.runs)
     out["peak_rss_b1_mb"] = peak_rss_mb()
-    x4 = x.repeat(4, 1, 1, 1)
-    out["infer_ms_b4"] = median_ms(lambda: infer(x4), a.runs)
-    out["total_ms_b4"] = median_ms(lambda: pipeline(4), a.runs)
+    n = a.batch
+    xn = x.repeat(n, 1, 1, 1)
+    out[f"infer_ms_b{n}"] = median_ms(lambda: infer(xn), a.runs)
+    out[f"total_ms_b{n}"] = median_ms(lambda: pipeline(n), a.runs)
     return out
 
 
 def worker_command(kind, a, bundle, size, extra=()):
     return [sys.executable, __file__, "--worker", kind, "--bundle", str(bundle), "--size", str(size),
            "--runs", str(a.runs), "--threads", str(a.threads), "--backbone", a.backbone, "--pretrained", a.pretrained,
-           "--providers", a.providers, *extra]
+           "--providers", a.providers, "--batch", str(a.batch), *extra]
 
 
 def worker_env(a, extra=None):
@@ -259,7 +276,7 @@ def _reply(proc, name, wanted):
 def paired(a, workers, pairs, gap_s=0.3):
     """Batch-1 predictions taken in turn from long-lived workers.
 
-    ``workers``: {name: (kind, bundle, size, extra environment or None)}. Each set
+    ``workers``: {name: (kind, bundle, size, extra environment or None, extra arguments)}. Each set
     asks every worker for one prediction, in a shuffled order, with ``gap_s``
     between calls (so spinning threads of the last one have gone to sleep).
     Returns {name: {"ms": [ms per set], "faults": [minor page faults per set]}}.
@@ -267,8 +284,8 @@ def paired(a, workers, pairs, gap_s=0.3):
     import random
     procs = {}
     try:
-        for name, (kind, bundle, size, extra_env) in workers.items():
-            procs[name] = subprocess.Popen(worker_command(kind, a, bundle, size, ["--serve"]), stdin=subprocess.PIPE,
+        for name, (kind, bundle, size, extra_env, args) in workers.items():
+            procs[name] = subprocess.Popen(worker_command(kind, a, bundle, size, [*args, "--serve"]), stdin=subprocess.PIPE,
                                            stdout=subprocess.PIPE, text=True, env=worker_env(a, extra_env))
             _reply(procs[name], name, lambda line: line == "ready")
         order, sets = list(procs), {name: {"ms": [], "faults": []} for name in procs}
@@ -303,12 +320,12 @@ def spread(values):
 
 # ---------------------------------------------------------------- main
 
-def combine_rounds(rounds):
+def combine_rounds(rounds, batches):
     """Per pipeline, the median over rounds of each figure, and ``ratio_b<batch>``: the speed
     ratios to the reference, one per round (each taken within its round)."""
     rows = median_rows(rounds)
     for name, d in rows.items():
-        for bs in BATCHES:
+        for bs in batches:
             d[f"ratio_b{bs}"] = ratios(rounds, "torch reference", name, f"total_ms_b{bs}")
     return rows
 
@@ -358,6 +375,10 @@ def parse_args():
     ap.add_argument("--size", type=int)
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
     ap.add_argument("--precisions", nargs="+", default=["fp32", "int8", "fp16"], choices=["fp32", "int8", "fp16"])
+    ap.add_argument("--openvino", nargs="*", default=None, choices=list(OV_ROWS),
+                    help="OpenVINO rows on the fp32 bundle (default: fp32 and bf16 when openvino is installed)")
+    ap.add_argument("--ov-precision", choices=list(OV_ROWS), help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=8, help="the second batch size measured (the first is 1)")
     ap.add_argument("--backbone", default="ViT-B/16")
     ap.add_argument("--pretrained", default="random", help="weights for every pipeline (random needs no network)")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per figure in each worker (median)")
@@ -384,6 +405,14 @@ def run_as_worker(a) -> None:
     print(json.dumps(out))
 
 
+def runtime_rows(a, precisions: list[str], bundles: dict) -> dict:
+    """{row name: (bundle, worker arguments)}: a row per bundle precision on --providers, then the
+    OpenVINO rows on the fp32 bundle."""
+    rows = {f"clipxai {p}": (bundles[p], []) for p in precisions}
+    rows.update({OV_ROWS[p]: (bundles["fp32"], ["--ov-precision", p]) for p in a.openvino})
+    return rows
+
+
 def measure_size(a, size: int, precisions: list[str], bundle_dir: Path, gflop: float):
     """Export, first-ever load, alternated rounds and paired sets at one size -> (size, gflop, rows, sets)."""
     bundles, first = {}, {}
@@ -393,12 +422,13 @@ def measure_size(a, size: int, precisions: list[str], bundle_dir: Path, gflop: f
         print(f"first-ever load of {prec} at {size} ...", file=sys.stderr)
         first[prec] = run_worker("runtime", a, bundles[prec], size, ["--cold-only"])  # starts the cache fill
         wait_for_graph_cache(a, bundles[prec])  # the builder runs in the background: never time beside it
+    runtimes = runtime_rows(a, precisions, bundles)
     # Rounds: the reference and every runtime row back to back, again and again, so a slow
     # spell of this shared machine hits both sides; ratios are taken within a round.
     rounds = alternate({"torch reference": lambda: run_worker("torch", a, bundles["fp32"], size),
-                        **{f"clipxai {p}": (lambda p=p: run_worker("runtime", a, bundles[p], size))
-                           for p in precisions}}, a.rounds, f"at {size}")
-    rows = combine_rounds(rounds)
+                        **{name: (lambda b=b, x=x: run_worker("runtime", a, b, size, x))
+                           for name, (b, x) in runtimes.items()}}, a.rounds, f"at {size}")
+    rows = combine_rounds(rounds, (1, a.batch))
     for prec in precisions:
         d, f = rows[f"clipxai {prec}"], first[prec]
         d["cold_first_ever_s"] = f["cold_import_s"] + f["cold_load_s"] + f["cold_first_s"]
@@ -408,13 +438,13 @@ def measure_size(a, size: int, precisions: list[str], bundle_dir: Path, gflop: f
     sets = {}
     if a.pairs:
         print(f"{a.pairs} paired sets at {size} ...", file=sys.stderr)
-        sets = paired(a, {"torch reference": ("torch", bundles["fp32"], size, None),
-                          KEPT: ("torch", bundles["fp32"], size, KEEP_MEMORY),
-                          **{f"clipxai {p}": ("runtime", bundles[p], size, None) for p in precisions}}, a.pairs)
+        sets = paired(a, {"torch reference": ("torch", bundles["fp32"], size, None, []),
+                          KEPT: ("torch", bundles["fp32"], size, KEEP_MEMORY, []),
+                          **{name: ("runtime", b, size, None, x) for name, (b, x) in runtimes.items()}}, a.pairs)
     return size, gflop, rows, sets
 
 
-def print_speed_table(results, ceiling: float) -> None:
+def print_speed_table(results, ceiling: float, batch: int) -> None:
     print("\nimage -> heatmaps (preprocessing, graph, upsampling to 640x427); GFLOP/s and % of the ceiling are "
           "for the graph alone (model FLOPs / graph time; int8 counts the same FLOPs)\n")
     print("| size | GFLOP/img | pipeline | batch | ms / batch | img/s | graph ms | GFLOP/s | % ceiling | "
@@ -422,19 +452,19 @@ def print_speed_table(results, ceiling: float) -> None:
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for size, gflop, rows, _ in results:
         for name, d in rows.items():
-            for bs in BATCHES:
+            for bs in (1, batch):
                 total = d[f"total_ms_b{bs}"]
-                infer = d["infer_ms"] if bs == 1 else d["infer_ms_b4"]
+                infer = d["infer_ms"] if bs == 1 else d[f"infer_ms_b{bs}"]
                 gfs = gflop * bs / (infer / 1000)
                 print(f"| {size} | {gflop:.1f} | {name} | {bs} | {total:.1f} | {1000 * bs / total:.2f} | "
                       f"{infer:.1f} | {gfs:.1f} | {100 * gfs / ceiling:.0f}% | "
                       f"{'—' if name == 'torch reference' else ratio_text(d[f'ratio_b{bs}'])} |")
 
 
-def print_memory_table(results) -> None:
+def print_memory_table(results, batch: int) -> None:
     print("\nbatch 1 in parts, memory and cold start (import / load / first image; first ever = with an empty "
           "graph cache, which a background process then fills: the cache builder's own peak is the last column)\n")
-    print("| size | pipeline | pre ms | graph ms | post ms | page faults / call | peak RSS b1 MB | peak RSS b4 MB | "
+    print(f"| size | pipeline | pre ms | graph ms | post ms | page faults / call | peak RSS b1 MB | peak RSS b{batch} MB | "
           "bundle MB | RSS budget 1.5×bundle+150 | cold s | first ever s | first ever RSS MB | cache builder RSS MB |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size, _, rows, _ in results:
@@ -478,6 +508,9 @@ def main():
     gpu = any(p in ort.get_available_providers() for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
     # fp32 always: the reference row takes its text embeddings from the fp32 bundle.
     precisions = ["fp32"] + [p for p in dict.fromkeys(a.precisions) if p != "fp32" and (p != "fp16" or gpu)]
+    if a.openvino is None:  # the default: both OpenVINO rows where OpenVINO is installed
+        import importlib.util
+        a.openvino = list(OV_ROWS) if importlib.util.find_spec("openvino") else []
     choice = resolve_backbone(a.backbone)
     cfg = open_clip.get_model_config(choice.spec.open_clip_name)
     vcfg = cfg["vision_cfg"]
@@ -505,8 +538,8 @@ def main():
           f"(the higher of {ceilings[0]:.1f} before and {ceilings[1]:.1f} after the runs)")
     if "fp16" in a.precisions and not gpu:
         print("fp16: no GPU provider on this machine, so no fp16 row (its fidelity is measured on the CPU at export)")
-    print_speed_table(results, ceiling)
-    print_memory_table(results)
+    print_speed_table(results, ceiling, a.batch)
+    print_memory_table(results, a.batch)
     if a.pairs:
         print_paired_table(results, a.pairs)
 

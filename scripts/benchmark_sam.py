@@ -6,7 +6,8 @@
 Random weights (saved as the official checkpoint formats), examples/rocket.jpg (640x427), 2 threads
 on both sides. Every figure comes from its own process (one session or model per process): the
 PyTorch predictor's ``set_image``, clipxai's ``MaskPredictor.set_image`` with the fp32 and the int8
-encoder, the decoder for 5 classes' point prompts (``masks_for`` a clipxai Prediction), and text ->
+encoder, the encoder on OpenVINO fp32 and bf16 (where OpenVINO is installed; bf16 needs the fp32 bundle's
+bf16 gate, measured at export on a CPU with native bf16), the decoder for 5 classes' point prompts (``masks_for`` a clipxai Prediction), and text ->
 masks end to end (a CLIP ViT-B/16 bundle at 448 + the mask bundle: predict, set_image, masks_for).
 Rounds alternate the rows; ratios are taken within a round (scripts/harness.py). Peak RSS is each
 process's own.
@@ -24,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import alternate, median_of, ratios, run_json
+from harness import alternate, median_of, ratio_text, ratios, run_json
 
 ROOT = Path(__file__).resolve().parent.parent
 ROCKET = str(ROOT / "examples" / "rocket.jpg")
@@ -57,6 +58,13 @@ if kind == "torch":
         p = SAM2ImagePredictor(model)
     with torch.no_grad():
         out["encoder_ms"] = median(lambda: p.set_image(img))
+elif kind.startswith("openvino-"):  # the encoder on OpenVINO at that precision (the bundle's bf16 gate applies)
+    from clipxai.runtime import RuntimeOptions
+    from clipxai.runtime.backends import OpenVINOOptions
+    from clipxai.runtime.sam import MaskPredictor
+    ov = OpenVINOOptions(precision=kind.split("-")[1])
+    sam = MaskPredictor.from_bundle(bundle, options=RuntimeOptions(providers="openvino", threads=2, openvino=ov))
+    out["encoder_ms"] = median(lambda: sam.set_image(img))
 else:
     from clipxai.runtime import Predictor
     from clipxai.runtime.sam import MaskPredictor
@@ -76,6 +84,26 @@ print(json.dumps(out))
 """
 
 
+OV_ROWS = ("fp32", "bf16")
+ENCODER_ROWS = {"torch": "PyTorch predictor (set_image)", "fp32": "onnxruntime fp32", "int8": "onnxruntime int8",
+                "openvino-fp32": "OpenVINO fp32", "openvino-bf16": "OpenVINO bf16"}
+
+
+def print_encoder_table(rows) -> None:
+    """The encoder alone per backend and precision, against PyTorch within each round, with its gate."""
+    print("\n| model | encoder (set_image) | ms | × PyTorch (median, min–max) | mean mask IoU vs fp32 (gate 0.95) | "
+          "peak RSS MB |\n|---|---|---:|---:|---:|---:|")
+    for name, rounds, fids, _ in rows:
+        for key, label in ENCODER_ROWS.items():
+            if key not in rounds[0]:
+                continue
+            f = fids.get(key)
+            gate = f"{f['mean_iou']:.4f} ({'passed' if f['passed'] else 'FAILED'})" if f else "—"
+            speed = "—" if key == "torch" else ratio_text(ratios(rounds, "torch", key, "encoder_ms"))
+            print(f"| {name} | {label} | {median_of(rounds, key, 'encoder_ms'):.0f} | {speed} | {gate} | "
+                  f"{median_of(rounds, key, 'peak_rss_mb'):.0f} |")
+
+
 def worker(kind, bundle, clip, a, checkpoint=""):
     return run_json([sys.executable, "-c", WORKER, kind, str(bundle), str(clip), str(a.runs), ROCKET,
                      str(checkpoint)], kind)
@@ -86,7 +114,12 @@ def main():
     ap.add_argument("--models", nargs="+", default=["sam-vit-b", "sam2.1-hiera-tiny"])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--openvino", nargs="*", default=None, choices=list(OV_ROWS),
+                    help="OpenVINO encoder rows (default: fp32 and bf16 when openvino is installed)")
     a = ap.parse_args()
+    import importlib.util
+    openvino = [f"openvino-{p}" for p in (a.openvino if a.openvino is not None else
+                                          list(OV_ROWS) if importlib.util.find_spec("openvino") else [])]
     from clipxai.mask_models import resolve_mask_model
     from clipxai.models.sam import save_random_checkpoint
     work = Path(tempfile.mkdtemp(prefix="clipxai-sam-bench-"))
@@ -107,15 +140,18 @@ def main():
                 bundles[prec] = work / f"{name}-{prec}"
                 t = time.perf_counter()
                 subprocess.run([sys.executable, "-m", "clipxai.export.sam_cli", "--model", name, "--checkpoint",
-                                str(ckpt), "--output", str(bundles[prec]), "--precision", prec, "--force"],
+                                str(ckpt), "--output", str(bundles[prec]), "--precision", prec, "--force",
+                                "--no-video"],  # the encoders are measured here; tracking: benchmark_tracking.py
                                check=True, stdout=subprocess.DEVNULL)
                 export_s[prec] = time.perf_counter() - t
             rounds = alternate({"torch": lambda: worker("torch", bundles["fp32"], clip, a, ckpt),
                                 "fp32": lambda: worker("clipxai+decoder", bundles["fp32"], clip, a),
-                                "int8": lambda: worker("clipxai+decoder", bundles["int8"], clip, a)},
+                                "int8": lambda: worker("clipxai+decoder", bundles["int8"], clip, a),
+                                **{ov: (lambda ov=ov: worker(ov, bundles["fp32"], clip, a)) for ov in openvino}},
                                a.rounds, name)
             fid = json.loads((bundles["int8"] / "manifest.json").read_text())["fidelity"]
-            rows.append((name, rounds, fid, export_s))
+            bf16 = json.loads((bundles["fp32"] / "manifest.json").read_text()).get("bf16_fidelity")
+            rows.append((name, rounds, {"int8": fid, "openvino-bf16": bf16}, export_s))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ratio = lambda rounds, a_, b_: statistics.median(ratios(rounds, a_, b_, "encoder_ms"))  # noqa: E731
@@ -125,7 +161,8 @@ def main():
           "(vs fp32) | int8 mean mask IoU vs fp32 | decoder, 5 classes, ms (% of fp32 encoder) | "
           "text -> masks ms (CLIP ViT-B/16 448 + model, fp32 / int8) | peak RSS MB (PyTorch / fp32 / int8) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, rounds, fid, _ in rows:
+    for name, rounds, fids, _ in rows:
+        fid = fids["int8"]
         enc = median_of(rounds, "fp32", "encoder_ms")
         dec = median_of(rounds, "fp32", "decoder_ms")
         print(f"| {name} | {median_of(rounds, 'torch', 'encoder_ms'):.0f} | {enc:.0f} "
@@ -134,6 +171,7 @@ def main():
               f"{dec:.0f} ({100 * dec / enc:.1f}%) | {median_of(rounds, 'fp32', 'text_to_masks_ms'):.0f} / "
               f"{median_of(rounds, 'int8', 'text_to_masks_ms'):.0f} | {median_of(rounds, 'torch', 'peak_rss_mb'):.0f} / "
               f"{median_of(rounds, 'fp32', 'peak_rss_mb'):.0f} / {median_of(rounds, 'int8', 'peak_rss_mb'):.0f} |")
+    print_encoder_table(rows)
     for name, _, _, export_s in rows:
         print(f"\nexport {name}: fp32 {export_s['fp32']:.0f} s, int8 {export_s['int8']:.0f} s")
 
