@@ -40,3 +40,20 @@ def test_full_size_mask_model_exports_exactly(tmp_path, name):
         _, want_iou, want_low = ref.predict(coords, labels, multimask_output=True)
     assert masks.shape == (3, 427, 640)
     assert np.abs(low - want_low).max() <= 1e-4 and np.abs(iou - want_iou).max() <= 1e-4
+    _openvino_matches(res, img, coords, labels, low, iou)
+
+
+def _openvino_matches(res, img, coords, labels, low, iou):
+    """The same bundle on OpenVINO fp32 gives onnxruntime's masks (exactness); its bf16 fidelity was
+    measured at export and passed on a CPU with native bf16, and not recorded on one without."""
+    from clipxai.runtime import RuntimeOptions
+    from clipxai.runtime.backends.openvino import native_bf16
+    ov = MaskPredictor.from_bundle(res.path, options=RuntimeOptions(providers="openvino", graph_cache=False))
+    ov.set_image(img)
+    _, ov_iou, ov_low = ov.predict(coords, labels)
+    assert np.abs(ov_low - low).max() <= 1e-4 and np.abs(ov_iou - iou).max() <= 1e-4
+    record = ov.bundle.manifest.bf16_fidelity
+    if native_bf16():
+        assert record["passed"] and record["mean_iou"] >= 0.95, record
+    else:
+        assert record is None

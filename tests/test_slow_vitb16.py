@@ -82,3 +82,32 @@ def test_vitb16_int8_at_448_passes_its_gate_on_other_weights(tmp_path, seed, cla
     assert f["passed"] and f["pixel_agreement"] >= 0.95 and f["correlation"] >= 0.98, f
     conv = f["conversion"]
     assert isinstance(conv["sensitive_fp32"], list) and conv["int8_flop_share"] >= 0.9, conv["sensitive_fp32"]
+
+
+def test_vitb16_on_openvino_equals_onnxruntime_and_bf16_passes_its_gate(vitb16_bundle, tmp_path):
+    """Full size: OpenVINO fp32 gives onnxruntime's outputs within 1e-4; bf16 (where the CPU has it) passes
+    the int8 gate on other images than the export's, as the export's own measurement said."""
+    from clipxai.contract import MODEL_FILE, OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
+    from clipxai.export.fidelity import GATES, compare_outputs, gate_failures, preprocess_images, synthetic_scenes
+    from clipxai.runtime import RuntimeOptions
+    from clipxai.runtime.backends import OpenVINOOptions, open_graph
+    from clipxai.runtime.backends.openvino import native_bf16
+    from clipxai.runtime.bundle import load_bundle
+    res, _ = vitb16_bundle
+    b = load_bundle(res.path)
+    x = preprocess_images(synthetic_scenes(4, 224, seed=1), b.mean, b.std)  # not the export's scenes (seed 0)
+    names = [OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS]
+
+    def outputs(providers="openvino", precision="fp32"):
+        opts = RuntimeOptions(providers=providers, graph_cache=False, cache_dir=str(tmp_path),
+                              openvino=OpenVINOOptions(precision=precision))
+        return open_graph(b, MODEL_FILE, opts).run(names, {"image": x})
+    want = outputs("cpu")
+    for name, w, g in zip(names, want, outputs()):
+        assert np.abs(g - w).max() <= 1e-4, (name, np.abs(g - w).max())
+    if not native_bf16():
+        assert b.manifest.bf16_fidelity is None
+        return
+    assert b.manifest.bf16_fidelity["passed"]
+    report = compare_outputs(want, outputs(precision="bf16"), 224)
+    assert not gate_failures(report, GATES["bf16"]), report
