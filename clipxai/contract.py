@@ -123,7 +123,8 @@ DEFAULT_EXPLAINER_BLOCKS = 8     # text blocks Grad-ECLIP's word explainer re-ru
 ROS_NODE_NAME = "clipxai"        # clipxai ros: the node's name (--ros-args -r __node:=NAME renames it)
 ROS_MAX_CLASSES = 255            # clipxai ros: the mono8 segmentation holds class k as k, 255 = unassigned
 ROS_DIAGNOSTICS_PERIOD_S = 1.0   # clipxai ros: /diagnostics once a second
-ROS_LATENCY_MAX_S = 60.0         # clipxai ros: a stamp older than this (or in the future) is not on the node's clock
+ROS_LATENCY_MAX_S = 60.0         # clipxai ros: a stamp older than this is not on the node's clock (latency n/a)
+ROS_CLOCK_SKEW_S = 1.0           # ... nor one further ahead than this (a little ahead: another host's clock)
 
 # Text to tracks (clipxai/runtime/video/tracks.py, clipxai segment --track)
 DEFAULT_REPROMPT_EVERY = 30   # frames between two prompts of every class

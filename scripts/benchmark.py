@@ -367,6 +367,23 @@ def bundle_mb(bundle):
     return sum(f.stat().st_size for f in Path(bundle).iterdir() if f.is_file()) / 2 ** 20
 
 
+def openvino_rows(asked: list[str] | None) -> list[str]:
+    """The OpenVINO precisions to measure: ``asked``, or by default fp32 where OpenVINO is installed and bf16
+    where the CPU computes it too (elsewhere OpenVINO would run a "bf16" row in fp32). Exits when bf16 is
+    asked for on a CPU without it."""
+    import importlib.util
+    if not importlib.util.find_spec("openvino"):
+        if asked:
+            sys.exit("--openvino: OpenVINO is not installed (pip install '.[openvino]')")
+        return []
+    from clipxai.runtime.backends.openvino import native_bf16
+    if asked is None:
+        return [p for p in OV_ROWS if p != "bf16" or native_bf16()]
+    if "bf16" in asked and not native_bf16():
+        sys.exit("--openvino bf16: this CPU has no native bf16 (avx512_bf16 or amx_bf16); OpenVINO would run fp32")
+    return asked
+
+
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", choices=["runtime", "torch", "ceiling"])
@@ -376,9 +393,10 @@ def parse_args():
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
     ap.add_argument("--precisions", nargs="+", default=["fp32", "int8", "fp16"], choices=["fp32", "int8", "fp16"])
     ap.add_argument("--openvino", nargs="*", default=None, choices=list(OV_ROWS),
-                    help="OpenVINO rows on the fp32 bundle (default: fp32 and bf16 when openvino is installed)")
+                    help="OpenVINO rows on the fp32 bundle (default: fp32 where openvino is installed, and bf16 "
+                         "where the CPU has it too; --openvino alone: none)")
     ap.add_argument("--ov-precision", choices=list(OV_ROWS), help=argparse.SUPPRESS)
-    ap.add_argument("--batch", type=int, default=8, help="the second batch size measured (the first is 1)")
+    ap.add_argument("--batch", type=int, default=8, help="the second batch size measured (the first is 1; >= 2)")
     ap.add_argument("--backbone", default="ViT-B/16")
     ap.add_argument("--pretrained", default="random", help="weights for every pipeline (random needs no network)")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per figure in each worker (median)")
@@ -391,7 +409,10 @@ def parse_args():
     ap.add_argument("--providers", default="cpu", help="runtime provider (cpu, cuda, tensorrt)")
     ap.add_argument("--bundle-dir", help="reuse/keep exported bundles here")
     ap.add_argument("--cache-dir", default=None, help="graph cache for the runtime workers (default: a fresh one)")
-    return ap.parse_args()
+    a = ap.parse_args()
+    if a.batch < 2:
+        ap.error("--batch must be 2 or more (batch 1 is always measured)")
+    return a
 
 
 def run_as_worker(a) -> None:
@@ -435,6 +456,8 @@ def measure_size(a, size: int, precisions: list[str], bundle_dir: Path, gflop: f
         d["first_ever_rss_mb"] = f["peak_rss_mb"]
         d["builder_rss_mb"] = f.get("builder_rss_mb", float("nan"))
         d["bundle_mb"] = bundle_mb(bundles[prec])
+    for p in a.openvino:  # OpenVINO runs the fp32 bundle: the memory budget is that bundle's
+        rows[OV_ROWS[p]]["bundle_mb"] = bundle_mb(bundles["fp32"])
     sets = {}
     if a.pairs:
         print(f"{a.pairs} paired sets at {size} ...", file=sys.stderr)
@@ -508,9 +531,7 @@ def main():
     gpu = any(p in ort.get_available_providers() for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
     # fp32 always: the reference row takes its text embeddings from the fp32 bundle.
     precisions = ["fp32"] + [p for p in dict.fromkeys(a.precisions) if p != "fp32" and (p != "fp16" or gpu)]
-    if a.openvino is None:  # the default: both OpenVINO rows where OpenVINO is installed
-        import importlib.util
-        a.openvino = list(OV_ROWS) if importlib.util.find_spec("openvino") else []
+    a.openvino = openvino_rows(a.openvino)
     choice = resolve_backbone(a.backbone)
     cfg = open_clip.get_model_config(choice.spec.open_clip_name)
     vcfg = cfg["vision_cfg"]

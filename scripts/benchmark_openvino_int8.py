@@ -29,12 +29,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from harness import alternate, median_ms, median_rows, peak_rss_mb, ratio_text, ratios, run_json
+
+# NNCF rows: name -> variant ("all": every layer; "kept": the int8 bundle's sensitive layers ignored;
+# "weights": those and the MatMuls of two computed tensors ignored); "+ bf16": the rest compiled bf16.
+NNCF_ROWS = [("nncf int8", "all"), ("nncf int8 + bf16", "all"),
+             ("nncf int8, fp32 kept", "kept"), ("nncf int8, fp32 kept + bf16", "kept"),
+             ("nncf int8 weight MatMuls, fp32 kept", "weights"),
+             ("nncf int8 weight MatMuls, fp32 kept + bf16", "weights")]
 
 
 def scenes(bundle, n: int, seed: int):
@@ -151,24 +159,32 @@ def main() -> None:
     a = ap.parse_args()
     if a.worker:
         return worker(a)
-    from clipxai.export.fidelity import GATES, gate_failures
     from clipxai.runtime.bundle import load_bundle
     b = load_bundle(a.bundle)
     conversion = json.loads((Path(a.int8_bundle) / "manifest.json").read_text())["fidelity"]["conversion"]
     kept = list(conversion.get("sensitive_fp32", []))
+    unknown = set(a.only or ()) - {name for name, _ in NNCF_ROWS} - {"OpenVINO bf16"}
+    if unknown:
+        sys.exit(f"--only: no such row {sorted(unknown)}; rows: OpenVINO bf16, {', '.join(n for n, _ in NNCF_ROWS)}")
     work = Path(tempfile.mkdtemp(prefix="clipxai-nncf-"))
-    nncf_all = quantize(b, work / "nncf_all.xml", a.calibration, [])
-    nncf_kept = quantize(b, work / "nncf_kept.xml", a.calibration, kept)
-    nncf_weights = quantize(b, work / "nncf_weights.xml", a.calibration, kept, weights_only=True)
+    try:
+        rounds, fid, pipelines = measure(a, b, kept, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print_table(a, b, kept, rounds, fid, pipelines)
+
+
+def measure(a, b, kept: list[str], work: Path):
+    """Quantize the variants asked for, measure their fidelity here and their speed in worker processes."""
+    wanted = [(name, variant) for name, variant in NNCF_ROWS if not a.only or name in a.only]
+    graphs = {variant: quantize(b, work / f"{variant}.xml", a.calibration, kept if variant != "all" else [],
+                                weights_only=variant == "weights") for variant in dict.fromkeys(v for _, v in wanted)}
     pipelines = {"onnxruntime fp32": ("ort", b.path / "model.onnx", "fp32"),
-                 "onnxruntime int8": ("ort", Path(a.int8_bundle) / "model.onnx", "fp32"),
-                 "OpenVINO bf16": ("ov", b.path / "model.onnx", "bf16"),
-                 "nncf int8": ("ov", nncf_all, "fp32"), "nncf int8 + bf16": ("ov", nncf_all, "bf16"),
-                 "nncf int8, fp32 kept": ("ov", nncf_kept, "fp32"),
-                 "nncf int8, fp32 kept + bf16": ("ov", nncf_kept, "bf16"),
-                 "nncf int8 weight MatMuls, fp32 kept": ("ov", nncf_weights, "fp32"),
-                 "nncf int8 weight MatMuls, fp32 kept + bf16": ("ov", nncf_weights, "bf16")}
-    pipelines = {k: v for k, v in pipelines.items() if not a.only or k in a.only or k.startswith("onnxruntime")}
+                 "onnxruntime int8": ("ort", Path(a.int8_bundle) / "model.onnx", "fp32")}
+    if not a.only or "OpenVINO bf16" in a.only:
+        pipelines["OpenVINO bf16"] = ("ov", b.path / "model.onnx", "bf16")
+    for name, variant in wanted:
+        pipelines[name] = ("ov", graphs[variant], "bf16" if name.endswith("+ bf16") else "fp32")
     for k, p, prec in pipelines.values():  # fill the CPU graph cache before anything is timed
         if k == "ort":
             session(k, p, prec, a.threads, str(work / "cache"))
@@ -182,6 +198,11 @@ def main() -> None:
                 "--cache-dir", str(work / "cache")]
     rounds = alternate({n: (lambda c=cmd(*v), n=n: run_json(c, n)) for n, v in pipelines.items()}, a.rounds,
                        b.path.name)
+    return rounds, fid, pipelines
+
+
+def print_table(a, b, kept, rounds, fid, pipelines) -> None:
+    from clipxai.export.fidelity import GATES, gate_failures
     rows = median_rows(rounds)
     gate = GATES["int8"]
     print(f"\n{b.path.name} ({b.image_size}): batch 1, {a.threads} threads, {a.rounds} rounds x median of {a.runs}; "

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmark import OV_ROWS, openvino_rows
 from harness import alternate, median_of, ratio_text, ratios, run_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +85,6 @@ print(json.dumps(out))
 """
 
 
-OV_ROWS = ("fp32", "bf16")
 ENCODER_ROWS = {"torch": "PyTorch predictor (set_image)", "fp32": "onnxruntime fp32", "int8": "onnxruntime int8",
                 "openvino-fp32": "OpenVINO fp32", "openvino-bf16": "OpenVINO bf16"}
 
@@ -115,11 +115,10 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--openvino", nargs="*", default=None, choices=list(OV_ROWS),
-                    help="OpenVINO encoder rows (default: fp32 and bf16 when openvino is installed)")
+                    help="OpenVINO encoder rows (default: fp32 where openvino is installed, and bf16 where the CPU "
+                         "has it too; --openvino alone: none)")
     a = ap.parse_args()
-    import importlib.util
-    openvino = [f"openvino-{p}" for p in (a.openvino if a.openvino is not None else
-                                          list(OV_ROWS) if importlib.util.find_spec("openvino") else [])]
+    openvino = [f"openvino-{p}" for p in openvino_rows(a.openvino)]
     from clipxai.mask_models import resolve_mask_model
     from clipxai.models.sam import save_random_checkpoint
     work = Path(tempfile.mkdtemp(prefix="clipxai-sam-bench-"))

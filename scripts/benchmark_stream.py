@@ -140,6 +140,9 @@ def main():
     ap.add_argument("--heatmaps", action="store_true", help="also make every heatmap at the frame's size")
     ap.add_argument("--bundle-dir", help="reuse/keep exported bundles here (b<size>-<precision>)")
     a = ap.parse_args()
+    if "openvino-bf16" in a.pipelines:
+        from benchmark import openvino_rows
+        openvino_rows(["bf16"])  # exits on a CPU without native bf16 (OpenVINO would run fp32)
     work = Path(tempfile.mkdtemp(prefix="clipxai-stream-bench-"))
     bundles = Path(a.bundle_dir) if a.bundle_dir else work
     rows = []
@@ -152,8 +155,8 @@ def main():
                 export(bundle, size, PIPELINES[name][0])
                 p = open_predictor(bundle, name, a, work / "cache")
                 streamed(p, video, a.heatmaps)  # warm up both paths
-                rounds = alternate({"plain": lambda: {"fps": plain(p, video, a.heatmaps)},
-                                    "stream": lambda: {"fps": streamed(p, video, a.heatmaps)}}, a.rounds,
+                rounds = alternate({"plain": lambda p=p: {"fps": plain(p, video, a.heatmaps)},
+                                    "stream": lambda p=p: {"fps": streamed(p, video, a.heatmaps)}}, a.rounds,
                                    f"{name} at {size}")
                 rows.append((size, name, rounds, stages(p, video, a.heatmaps)))
                 del p

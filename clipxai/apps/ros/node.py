@@ -24,7 +24,7 @@ from clipxai.apps.ros.convert import BadFrame, ImageFields, check_class_count, c
     image_to_rgb, mono8_fields, mono16_fields, parse_classes, rgb_fields, topic_part
 from clipxai.apps.ros.frames import Latest, Stats
 from clipxai.common.report import SILENT, Reporter
-from clipxai.contract import DEFAULT_PROVIDERS, ROS_DIAGNOSTICS_PERIOD_S, ROS_LATENCY_MAX_S, ROS_NODE_NAME
+from clipxai.contract import DEFAULT_PROVIDERS, ROS_CLOCK_SKEW_S, ROS_DIAGNOSTICS_PERIOD_S, ROS_LATENCY_MAX_S, ROS_NODE_NAME
 from clipxai.errors import ClipxaiError
 from clipxai.vocabulary import validate_classes
 
@@ -379,11 +379,12 @@ class NodeServer:
         return np.asarray(annotate(Image.fromarray(rgb), pred, None, self.predictor.bundle.random_weights))
 
     def _latency(self, header) -> float | None:
-        """Seconds from the image's stamp to now; None for a zero stamp or one not on this node's clock
-        (a camera's time since boot, a bag's recording time): older than ROS_LATENCY_MAX_S or in the future."""
+        """Seconds from the image's stamp to now (0 for a stamp up to ROS_CLOCK_SKEW_S ahead: another host's
+        clock); None for a zero stamp or one not on this node's clock (a camera's time since boot, a bag's
+        recording time): older than ROS_LATENCY_MAX_S or further ahead."""
         stamp = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
         latency = (self.node.get_clock().now().nanoseconds - stamp) / 1e9
-        return latency if stamp and 0 <= latency <= ROS_LATENCY_MAX_S else None
+        return max(latency, 0.0) if stamp and -ROS_CLOCK_SKEW_S <= latency <= ROS_LATENCY_MAX_S else None
 
     # -- status ---------------------------------------------------------------------------------------
     def publish_class_names(self) -> None:

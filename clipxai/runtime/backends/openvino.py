@@ -177,9 +177,16 @@ def compile_graph(core, path, device: str, config: dict):
         return core.compile_model(model, device, config)
     except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError and its own types
         why = _why(e)[:300]
-        hint = ("; an older clipxai's word explainer (end-token rows by GatherElements): export the bundle "
-                "again or use --providers cpu" if Path(path).name == TEXT_EXPLAINER_FILE and "GatherElements" in why else "")
-        raise ClipxaiError(f"{path}: OpenVINO could not compile the graph on {device} ({why}){hint}") from None
+        raise ClipxaiError(f"{path}: OpenVINO could not compile the graph on {device} ({why}){_hint(path, why)}") \
+            from None
+
+
+def _hint(path, why: str) -> str:
+    """What to do about a refusal clipxai knows: a word explainer exported before its end-token rows were
+    taken with Gather (GatherElements there does not compile on OpenVINO 2026.4's CPU plugin)."""
+    if Path(path).name == TEXT_EXPLAINER_FILE and "GatherElements" in why:
+        return "; an older clipxai's word explainer: export the bundle again or use --providers cpu"
+    return ""
 
 
 def _why(error: Exception) -> str:
