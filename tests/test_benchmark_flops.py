@@ -55,17 +55,17 @@ def test_analytic_flops_match_the_graph(tmp_path, size):
 def test_rounds_are_combined_by_median_and_ratios_are_taken_within_a_round():
     bench = _benchmark_module()
 
-    def row(total1, total4, rss):
-        return {"total_ms_b1": total1, "total_ms_b4": total4, "peak_rss_mb": rss, "provider": "x"}
+    def row(total1, total8, rss):
+        return {"total_ms_b1": total1, "total_ms_b8": total8, "peak_rss_mb": rss, "provider": "x"}
 
     # Round 2 is a slow spell for both sides: the ratio within each round stays 2.
     rounds = [{"torch reference": row(200, 800, 10), "clipxai fp32": row(100, 400, 5)},
               {"torch reference": row(600, 2400, 30), "clipxai fp32": row(300, 1200, 7)},
               {"torch reference": row(220, 880, 20), "clipxai fp32": row(110, 440, 6)}]
-    rows = bench.combine_rounds(rounds)
+    rows = bench.combine_rounds(rounds, (1, 8))
     fp32 = rows["clipxai fp32"]
     assert fp32["total_ms_b1"] == 110 and fp32["peak_rss_mb"] == 6 and fp32["provider"] == "x"
-    assert fp32["ratio_b1"] == [2.0, 2.0, 2.0] and fp32["ratio_b4"] == [2.0, 2.0, 2.0]  # one per round
+    assert fp32["ratio_b1"] == [2.0, 2.0, 2.0] and fp32["ratio_b8"] == [2.0, 2.0, 2.0]  # one per round
     assert rows["torch reference"]["ratio_b1"] == [1.0, 1.0, 1.0]
     assert bench.ratio_text(fp32["ratio_b1"]) == "**2.00×** (2.00–2.00)"
 
@@ -96,7 +96,7 @@ def test_paired_mode_takes_ratios_within_each_set(monkeypatch):
     monkeypatch.setattr(bench, "worker_command",
                         lambda kind, a, bundle, size, extra=(): [sys.executable, "-c", FAKE_WORKER.format(delay=delays[kind])])
     monkeypatch.setattr(bench, "worker_env", lambda a, extra=None: envs.append(extra))
-    workers = {"torch reference": ("torch", "-", 0, None), "clipxai fp32": ("runtime", "-", 0, {"X": "1"})}
+    workers = {"torch reference": ("torch", "-", 0, None, []), "clipxai fp32": ("runtime", "-", 0, {"X": "1"}, [])}
     sets = bench.paired(None, workers, 4, gap_s=0)
     assert envs == [None, {"X": "1"}]
     assert sets["torch reference"]["faults"] == [60] * 4 and sets["clipxai fp32"]["faults"] == [20] * 4
@@ -144,7 +144,7 @@ def test_first_ever_load_reports_its_cache_builders_peak_memory(tmp_path):
     bundle = export_bundle(ExportConfig(output=tmp_path / "b", classes=["a", "b"], backbone=TINY.name,
                                         pretrained="random", image_size=48)).path
     a = argparse.Namespace(runs=1, threads=1, backbone=TINY.name, pretrained="random", providers="cpu",
-                           cache_dir=str(tmp_path / "cache"))
+                           cache_dir=str(tmp_path / "cache"), batch=8)
     env = dict(bench.worker_env(a), CLIPXAI_GRAPH_CACHE="background")
     r = subprocess.run(bench.worker_command("runtime", a, bundle, 48, ["--cold-only"]), capture_output=True,
                        text=True, env=env, timeout=300)
@@ -152,3 +152,24 @@ def test_first_ever_load_reports_its_cache_builders_peak_memory(tmp_path):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert 30 < out["builder_rss_mb"] < 2000 and 30 < out["peak_rss_mb"] < 2000
     assert len([p for p in (tmp_path / "cache" / "graphs").iterdir() if not p.name.startswith(".")]) == 1
+
+
+def test_openvino_rows_run_the_fp32_bundle_and_bf16_only_where_the_cpu_has_it(monkeypatch):
+    """The OpenVINO rows use the fp32 bundle with --ov-precision; by default bf16 is measured only on a CPU
+    with native bf16 (elsewhere OpenVINO would time fp32 under a bf16 label), and asked for there it is
+    refused."""
+    import argparse
+
+    from clipxai.runtime.backends import openvino as ovb
+    bench = _benchmark_module()
+    a = argparse.Namespace(openvino=["fp32", "bf16"])
+    rows = bench.runtime_rows(a, ["fp32", "int8"], {"fp32": "B32", "int8": "B8"})
+    assert rows == {"clipxai fp32": ("B32", []), "clipxai int8": ("B8", []),
+                    "OpenVINO fp32": ("B32", ["--ov-precision", "fp32"]),
+                    "OpenVINO bf16": ("B32", ["--ov-precision", "bf16"])}
+    monkeypatch.setattr(ovb, "native_bf16", lambda: False)
+    assert bench.openvino_rows(None) == ["fp32"] and bench.openvino_rows([]) == []
+    with pytest.raises(SystemExit, match="no native bf16"):
+        bench.openvino_rows(["bf16"])
+    monkeypatch.setattr(ovb, "native_bf16", lambda: True)
+    assert bench.openvino_rows(None) == ["fp32", "bf16"]
