@@ -9,10 +9,11 @@ per-class heatmaps at the original size:
   surgery blocks, element-wise feature surgery), torch bilinear upsampling;
 - runtime: clipxai.runtime.Predictor on an exported bundle (onnxruntime CPU),
   one row per precision. fp16 is measured only where a GPU provider exists;
-- OpenVINO fp32 and bf16 (``--openvino``; by default where OpenVINO is
-  installed): the same Predictor on the fp32 bundle with providers="openvino".
-  bf16 runs only where the CPU has it and the bundle's bf16 gate passed at
-  export (the benchmark's export measures it when OpenVINO is installed).
+- OpenVINO fp32 and bf16 (``--openvino``; by default fp32 where OpenVINO is
+  installed, and bf16 where the CPU has native bf16 too: openvino_rows): the
+  same Predictor on the fp32 bundle with providers="openvino". bf16 needs the
+  bundle's bf16 gate passed at export (the benchmark's export measures it when
+  OpenVINO is installed).
 
 Batch 1 and ``--batch`` (8 by default) are measured for every row.
 

@@ -128,19 +128,13 @@ def worker(a) -> None:
     print(json.dumps({"ms": median_ms(lambda: run(x), a.runs, warmup=2), "peak_rss_mb": peak_rss_mb()}))
 
 
-def fidelity(bundle, run, x):
-    """compare_outputs figures of ``run`` against onnxruntime fp32 on x."""
+def outputs(run, x) -> list:
+    """[similarity, scores, heatmaps] of ``run`` on x [n, 3, S, S], one image at a time."""
     import numpy as np
 
     from clipxai.contract import OUTPUT_HEATMAPS, OUTPUT_SCORES, OUTPUT_SIMILARITY
-    from clipxai.export.fidelity import compare_outputs
-    ref = session("ort", bundle.path / "model.onnx", "fp32", 2)
-    keys = (OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS)
-
-    def outs(fn):
-        per = [fn(x[i:i + 1]) for i in range(len(x))]
-        return [np.concatenate([p[k] for p in per]) for k in keys]
-    return compare_outputs(outs(ref), outs(run), x.shape[-1])
+    per = [run(x[i:i + 1]) for i in range(len(x))]
+    return [np.concatenate([p[k] for p in per]) for k in (OUTPUT_SIMILARITY, OUTPUT_SCORES, OUTPUT_HEATMAPS)]
 
 
 def main() -> None:
@@ -189,8 +183,10 @@ def measure(a, b, kept: list[str], work: Path):
         if k == "ort":
             session(k, p, prec, a.threads, str(work / "cache"))
     x = scenes(b, a.images, seed=1)
-    fid = {name: fidelity(b, session(k, p, prec, a.threads), x) for name, (k, p, prec) in pipelines.items()
-           if name != "onnxruntime fp32"}
+    from clipxai.export.fidelity import compare_outputs
+    ref = outputs(session("ort", b.path / "model.onnx", "fp32", a.threads), x)  # once, for every candidate
+    fid = {name: compare_outputs(ref, outputs(session(k, p, prec, a.threads), x), x.shape[-1])
+           for name, (k, p, prec) in pipelines.items() if name != "onnxruntime fp32"}
 
     def cmd(k, p, prec):
         return [sys.executable, __file__, "--worker", "--bundle", a.bundle, "--int8-bundle", a.int8_bundle,
